@@ -1,0 +1,421 @@
+//! The fault-injecting backend: an HTTP/1.1 server whose [`Fault`] can be switched while it
+//! runs, for traffic and for `/health` apart. It counts what it receives, so tests assert at the
+//! backend what reached it.
+//!
+//! Paths: `/health` (200 `ok`), `/echo` (JSON of the request as received: method, URI,
+//! headers), `/sink` (reads the body, answers its length), `/stream?bytes=N[&chunk=K][&gate=1]`
+//! (N bytes in chunks of K; with `gate=1` the last chunk waits for [`Backend::open_gate`]),
+//! anything else: 200 with `x-backend: <id>` and a small body naming the backend.
+
+use crate::fault::{Fault, Mode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BackendBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A running fault-injecting backend. Dropping it stops it.
+pub struct Backend {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+}
+
+struct Inner {
+    id: String,
+    addr: SocketAddr,
+    traffic: watch::Sender<Fault>,
+    health: watch::Sender<Fault>,
+    requests: AtomicU64,
+    health_requests: AtomicU64,
+    body_bytes: watch::Sender<u64>,
+    stream_bytes: AtomicU64,
+    gate: watch::Sender<bool>,
+}
+
+impl Backend {
+    /// Starts a healthy backend named `id` on `listen` (use port 0 for an ephemeral port).
+    pub async fn start(id: &str, listen: SocketAddr) -> std::io::Result<Backend> {
+        Backend::start_with(id, listen, Fault::OK).await
+    }
+
+    /// Starts a backend with an initial traffic fault.
+    pub async fn start_with(
+        id: &str,
+        listen: SocketAddr,
+        fault: Fault,
+    ) -> std::io::Result<Backend> {
+        // Bound once up front: the port is then fixed, and a `dead` spell rebinds the same one.
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            id: id.to_string(),
+            addr,
+            traffic: watch::Sender::new(fault),
+            health: watch::Sender::new(Fault::OK),
+            requests: AtomicU64::new(0),
+            health_requests: AtomicU64::new(0),
+            body_bytes: watch::Sender::new(0),
+            stream_bytes: AtomicU64::new(0),
+            gate: watch::Sender::new(false),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(supervise(listener, inner.clone(), stopped));
+        Ok(Backend { inner, stop })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Its name (the `x-backend` header).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Switches what it does to traffic (every path but `/health`). `dead` closes the listener
+    /// and every open connection at once.
+    pub fn set_fault(&self, fault: Fault) {
+        self.inner.traffic.send_replace(fault);
+    }
+
+    /// Switches what it does to `/health` alone.
+    pub fn set_health_fault(&self, fault: Fault) {
+        self.inner.health.send_replace(fault);
+    }
+
+    /// The traffic fault now in force.
+    pub fn fault(&self) -> Fault {
+        *self.inner.traffic.borrow()
+    }
+
+    /// The health fault now in force.
+    pub fn health_fault(&self) -> Fault {
+        *self.inner.health.borrow()
+    }
+
+    /// Requests received on any path but `/health`, answered or not.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// `/health` requests received.
+    pub fn health_requests(&self) -> u64 {
+        self.inner.health_requests.load(Ordering::Relaxed)
+    }
+
+    /// Request body bytes received so far, over all requests.
+    pub fn body_bytes(&self) -> u64 {
+        *self.inner.body_bytes.borrow()
+    }
+
+    /// Waits until at least `n` request body bytes have arrived.
+    pub async fn wait_body_bytes(&self, n: u64) {
+        let mut rx = self.inner.body_bytes.subscribe();
+        let _ = rx.wait_for(|b| *b >= n).await;
+    }
+
+    /// Bytes of `/stream` bodies handed to the connection so far.
+    pub fn stream_bytes_sent(&self) -> u64 {
+        self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Lets gated `/stream` responses send their last chunk.
+    pub fn open_gate(&self) {
+        self.inner.gate.send_replace(true);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Owns the listening socket: serves while the traffic fault is not `dead`, closes the listener
+/// and all connections when it turns `dead`, and binds the same port again when it turns back.
+async fn supervise(listener: TcpListener, inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut traffic = inner.traffic.subscribe();
+    let mut listener = Some(listener);
+    loop {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => {
+                tokio::select! {
+                    _ = traffic.wait_for(|f| f.mode != Mode::Dead) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                match rebind(inner.addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(backend = %inner.id, error = %e, "cannot listen again");
+                        return;
+                    }
+                }
+            }
+        };
+        if traffic.borrow().mode == Mode::Dead {
+            drop(l);
+            tokio::select! {
+                _ = traffic.wait_for(|f| f.mode != Mode::Dead) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = l.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        conns.spawn(serve_conn(stream, inner.clone()));
+                    }
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                _ = traffic.wait_for(|f| f.mode == Mode::Dead) => break,
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        }
+        // Dead: the listener and every open connection go now.
+        drop(l);
+        conns.shutdown().await;
+    }
+}
+
+/// Binds `addr` again after a `dead` spell; a few tries in case the port is briefly held.
+async fn rebind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("bind failed")))
+}
+
+async fn serve_conn(stream: TcpStream, inner: Arc<Inner>) {
+    // A second handle on the socket, kept so the `reset` fault can set SO_LINGER 0 after hyper
+    // has taken the stream: the last close then sends RST instead of FIN.
+    let Ok(std_stream) = stream.into_std() else {
+        return;
+    };
+    let Ok(handle) = std_stream.try_clone() else {
+        return;
+    };
+    let Ok(stream) = TcpStream::from_std(std_stream) else {
+        return;
+    };
+    let reset = Arc::new(Notify::new());
+    let svc_reset = reset.clone();
+    let svc = service_fn(move |req| {
+        let inner = inner.clone();
+        let reset = svc_reset.clone();
+        async move { Ok::<_, Infallible>(respond(req, inner, reset).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = reset.notified() => {
+            let _ = socket2::SockRef::from(&handle).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    inner: Arc<Inner>,
+    reset: Arc<Notify>,
+) -> Response<BackendBody> {
+    let is_health = req.uri().path() == "/health";
+    let fault = if is_health {
+        inner.health_requests.fetch_add(1, Ordering::Relaxed);
+        *inner.health.borrow()
+    } else {
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        *inner.traffic.borrow()
+    };
+    let (parts, body) = req.into_parts();
+    match fault.mode {
+        Mode::Normal => {}
+        Mode::Hang => {
+            let _ = read_body(body, &inner).await;
+            return never().await;
+        }
+        // `dead` reaches here only as a health fault: the port is open for traffic.
+        Mode::Reset | Mode::Dead => {
+            let _ = read_body(body, &inner).await;
+            reset.notify_one();
+            return never().await;
+        }
+    }
+    if !fault.latency.is_zero() {
+        tokio::time::sleep(fault.latency).await;
+    }
+    let failing = fault.error_rate > 0.0 && rand::rng().random::<f64>() < fault.error_rate;
+    let mut resp = if failing {
+        let _ = read_body(body, &inner).await;
+        let status =
+            StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut r = full(format!("error from {}\n", inner.id));
+        *r.status_mut() = status;
+        r
+    } else if is_health {
+        let _ = read_body(body, &inner).await;
+        full("ok\n".to_string())
+    } else {
+        match parts.uri.path() {
+            "/echo" => {
+                let received = read_body(body, &inner).await.unwrap_or(0);
+                echo(&parts, &inner.id, received)
+            }
+            "/sink" => match read_body(body, &inner).await {
+                Some(n) => full(format!("{n}\n")),
+                None => {
+                    let mut r = full("request body broke\n".to_string());
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                }
+            },
+            "/stream" => {
+                let _ = read_body(body, &inner).await;
+                stream(parts.uri.query().unwrap_or(""), inner.clone())
+            }
+            _ => {
+                let _ = read_body(body, &inner).await;
+                full(format!("hello from {}\n", inner.id))
+            }
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&inner.id) {
+        resp.headers_mut().insert("x-backend", v);
+    }
+    resp
+}
+
+/// Waits forever: the answer that never comes (the connection task ends it).
+async fn never() -> Response<BackendBody> {
+    match std::future::pending::<Infallible>().await {}
+}
+
+/// Reads a request body to its end, counting the bytes as they arrive; None if it broke.
+async fn read_body(mut body: Incoming, inner: &Inner) -> Option<u64> {
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(data) = frame.data_ref() {
+            n += data.len() as u64;
+            inner.body_bytes.send_modify(|b| *b += data.len() as u64);
+        }
+    }
+    Some(n)
+}
+
+fn full(text: String) -> Response<BackendBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn echo(parts: &http::request::Parts, id: &str, body_bytes: u64) -> Response<BackendBody> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let doc = serde_json::json!({
+        "backend": id,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    let mut r = full(doc.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `/stream?bytes=N&chunk=K&gate=1`: N bytes of `x` in chunks of K (default 64 KiB), produced
+/// as the client takes them.
+fn stream(query: &str, inner: Arc<Inner>) -> Response<BackendBody> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let total = param("bytes").unwrap_or(1 << 20);
+    let chunk = param("chunk").unwrap_or(64 * 1024).clamp(1, 1 << 20);
+    let gated = param("gate") == Some(1);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        let block = Bytes::from(vec![b'x'; chunk as usize]);
+        let mut sent = 0u64;
+        while sent < total {
+            let n = chunk.min(total - sent);
+            if gated && sent + n >= total {
+                let mut gate = inner.gate.subscribe();
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            if tx.send(block.slice(..n as usize)).await.is_err() {
+                return;
+            }
+            sent += n;
+            inner.stream_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    });
+    let mut r = Response::new(ChannelBody { rx }.boxed_unsync());
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    r
+}
+
+/// A body fed chunk by chunk from a channel: the producer waits while the client is slow.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}

@@ -1,0 +1,351 @@
+//! The serde types of the config file, one struct per table, each field with its default.
+//! Field names are the contract of config.md; unknown keys are refused everywhere.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[listen]`: the client-facing listener.
+    #[serde(default)]
+    pub listen: Listen,
+    /// `[admin]`: the admin listener.
+    #[serde(default)]
+    pub admin: Admin,
+    /// `[runtime]`: the tokio runtime.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// `[[upstreams]]`: at least one is required.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// The proxy's listener. Default `127.0.0.1:8080`.
+    pub address: SocketAddr,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT. Default `30s`.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// The admin listener (/status, later /metrics). Default `127.0.0.1:9901`.
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Tokio worker threads; 0 = one per core. Default 0.
+    pub worker_threads: usize,
+}
+
+/// The balancing algorithm of an upstream.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Power of two choices on cost = EWMA × (in-flight + 1) / weight. The default.
+    #[default]
+    Adaptive,
+    /// Each backend in turn, weights ignored.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx).
+    WeightedRoundRobin,
+    /// Fewest requests in flight relative to weight.
+    LeastConnections,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on peak EWMA × (in-flight + 1) (linkerd).
+    P2cEwma,
+    /// A hash ring keyed by the client IP.
+    ConsistentHash,
+}
+
+impl Algorithm {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Adaptive => "adaptive",
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::Random => "random",
+            Algorithm::P2cEwma => "p2c_ewma",
+            Algorithm::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+/// `[[upstreams]]`: a named pool of backends and how requests reach it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Unique name; the `upstream` label in metrics. Required.
+    pub name: String,
+    /// Host header patterns: `*`, an exact name, or `*.example.com`. Default `["*"]`.
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<String>,
+    /// Path prefix; the longest matching prefix wins among upstreams whose hosts match.
+    /// Default `/`.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Balancing algorithm. Default `adaptive`.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// `[[upstreams.backends]]`: at least one is required.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    /// `[upstreams.health]`: active probes.
+    #[serde(default)]
+    pub health: Health,
+    /// `[upstreams.circuit_breaker]`: passive ejection from request outcomes.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+    /// `[upstreams.adaptive]`: how outcomes become dynamic weights.
+    #[serde(default)]
+    pub adaptive: Adaptive,
+    /// `[upstreams.retry]`
+    #[serde(default)]
+    pub retry: Retry,
+    /// `[upstreams.timeouts]`
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+fn default_hosts() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+/// `[[upstreams.backends]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `host:port` (an optional `http://` is accepted). Required.
+    pub address: String,
+    /// Static weight, > 0. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How an active probe checks a backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// `GET path`; a 2xx passes. The default.
+    #[default]
+    Http,
+    /// Connecting is enough.
+    Tcp,
+}
+
+/// `[upstreams.health]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// `http` or `tcp`. Default `http`.
+    pub kind: ProbeKind,
+    /// Probe path for `http`. Default `/health`.
+    pub path: String,
+    /// Steady probe interval for backends in rotation. Default `2s`.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    /// Time allowed for one probe. Default `1s`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Consecutive passes to return a backend to rotation. Default 2.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to take a backend out. Default 3.
+    pub unhealthy_threshold: u32,
+    /// Probe interval of an ejected backend is `backoff_base * 2^n`. Default `500ms`.
+    #[serde(with = "duration_str")]
+    pub backoff_base: Duration,
+    /// Cap of that interval (±20% jitter is applied). Default `30s`.
+    #[serde(with = "duration_str")]
+    pub backoff_max: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            kind: ProbeKind::Http,
+            path: "/health".to_string(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[upstreams.circuit_breaker]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    /// Trip after this many failures in a row. Default 5.
+    pub consecutive_failures: u32,
+    /// ...or when this share of requests in the window failed, in (0, 1]. Default 0.5.
+    pub failure_rate: f64,
+    /// ...with at least this many requests seen in the window. Default 20.
+    pub minimum_requests: u32,
+    /// The sliding window of the failure rate. Default `10s`.
+    #[serde(with = "duration_str")]
+    pub window: Duration,
+    /// First open period; each consecutive trip doubles it. Default `1s`.
+    #[serde(with = "duration_str")]
+    pub open_base: Duration,
+    /// Cap of the open period. Default `60s`.
+    #[serde(with = "duration_str")]
+    pub open_max: Duration,
+    /// Trial requests while half-open; all must pass to close. Default 3.
+    pub half_open_requests: u32,
+    /// Never eject more than this share (percent) of an upstream's backends. Default 50.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            minimum_requests: 20,
+            window: Duration::from_secs(10),
+            open_base: Duration::from_secs(1),
+            open_max: Duration::from_secs(60),
+            half_open_requests: 3,
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// `[upstreams.adaptive]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Adaptive {
+    /// Time constant of the peak EWMA of latency. Default `10s`.
+    #[serde(with = "duration_str")]
+    pub ewma_decay: Duration,
+    /// A returning backend's weight ramps from 10% to 100% over this. Default `10s`.
+    #[serde(with = "duration_str")]
+    pub slow_start: Duration,
+    /// A live backend never falls below this share of its static weight, in (0, 1].
+    /// Default 0.05.
+    pub min_weight_ratio: f64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            ewma_decay: Duration::from_secs(10),
+            slow_start: Duration::from_secs(10),
+            min_weight_ratio: 0.05,
+        }
+    }
+}
+
+/// `[upstreams.retry]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Retries after the first try, each on a backend not yet tried. Default 2.
+    pub attempts: u32,
+    /// Retries may add at most this share of the upstream's request rate. Default 0.2.
+    pub budget_ratio: f64,
+    /// ...but always allow this many per second. Default 10.
+    pub budget_min_per_sec: u32,
+    /// Failure kinds that are retried: `connect-failure`, `reset`, `timeout`, or a 5xx status.
+    /// Default `["connect-failure", "reset", "timeout", "502", "503", "504"]`.
+    pub on: Vec<String>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 2,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            on: ["connect-failure", "reset", "timeout", "502", "503", "504"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// `[upstreams.timeouts]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to a backend. Default `1s`.
+    #[serde(with = "duration_str")]
+    pub connect: Duration,
+    /// From request sent to response headers. Default `15s`.
+    #[serde(with = "duration_str")]
+    pub response: Duration,
+    /// How long a pooled upstream connection may stay idle. Default `60s`.
+    #[serde(with = "duration_str")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(15),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Durations as strings (`"250ms"`, `"2s"`, `"1m"`), parsed by humantime.
+mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration string such as \"250ms\", \"2s\", \"1m\"")
+        })?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use a string such as \"250ms\", \"2s\", \"1m\""
+            ))
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! fulcrum: an HTTP load balancer on the actor model that adapts to sick backends fast.
+//!
+//! Layers (architecture.md): the frontend ([`proxy`]) routes and forwards; one pool actor per
+//! upstream ([`pool`]) answers "which backend?"; one backend actor per backend folds outcomes
+//! into the pure [`policy`] structs. [`server`] wires them from a [`config`]; [`cli`] is the
+//! command line.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod policy;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,79 @@
+//! Peak EWMA of latency, as linkerd and tower's `PeakEwma` keep it: a sample above the estimate
+//! replaces it at once (a backend that got slower is believed immediately); a sample below it
+//! pulls the estimate down with weight `1 - exp(-elapsed / decay)` (a backend that got faster is
+//! believed gradually). A failed request is recorded by the caller as a penalty latency, never as
+//! fast.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A peak-sensitive exponentially weighted moving average of latency.
+#[derive(Debug, Clone)]
+pub struct PeakEwma {
+    estimate: f64,
+    stamp: Instant,
+    decay: f64,
+}
+
+impl PeakEwma {
+    /// Starts at `initial` (seconds) at `now`; `decay` is the time constant.
+    pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
+        PeakEwma {
+            estimate: initial.as_secs_f64(),
+            stamp: now,
+            decay: decay.as_secs_f64().max(1e-9),
+        }
+    }
+
+    /// Folds in one sample observed at `now`.
+    pub fn observe(&mut self, sample: Duration, now: Instant) {
+        let sample = sample.as_secs_f64();
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.stamp = now;
+        if sample > self.estimate {
+            self.estimate = sample;
+        } else {
+            let w = (-elapsed / self.decay).exp();
+            self.estimate = self.estimate * w + sample * (1.0 - w);
+        }
+    }
+
+    /// The estimate in seconds.
+    pub fn get(&self) -> f64 {
+        self.estimate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_peak_replaces_the_estimate() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        e.observe(ms(500), t0 + ms(1));
+        assert!((e.get() - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn lower_samples_decay_with_the_time_constant() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(ms(100), Duration::from_secs(10), t0);
+        // One time constant later, a sample of 0 leaves e^-1 of the estimate.
+        e.observe(Duration::ZERO, t0 + Duration::from_secs(10));
+        assert!(
+            (e.get() - 0.1 * (-1.0f64).exp()).abs() < 1e-9,
+            "{}",
+            e.get()
+        );
+        // A sample right after barely moves it.
+        let before = e.get();
+        e.observe(Duration::ZERO, t0 + Duration::from_secs(10) + ms(1));
+        assert!(e.get() > before * 0.999);
+    }
+}

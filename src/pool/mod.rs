@@ -1,0 +1,13 @@
+//! The actors of architecture.md: one [`PoolActor`] per upstream answers "which backend?" and
+//! schedules active probes; one [`BackendActor`] per backend, spawned linked to its pool and
+//! restarted by it, folds request outcomes into its policies. A pick hands out a [`Lease`] that
+//! counts the request in flight until it is dropped.
+
+mod actor;
+mod backend;
+mod lease;
+mod probe;
+
+pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
+pub use backend::{BackendActor, BackendMsg, Outcome, OutcomeKind};
+pub use lease::Lease;

@@ -1,0 +1,84 @@
+//! Body types of the proxy: one boxed body for everything the frontend answers, a response body
+//! that holds the backend's lease until the last byte is out, and short plain-text answers.
+
+use crate::pool::Lease;
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Any error a body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request sent to a backend and every response sent to a client.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes a body into a [`ProxyBody`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A short plain-text answer from fulcrum itself. `reason` never names an internal address.
+pub fn text(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}: {reason}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A backend's response body that keeps the request counted in flight until it is finished or
+/// dropped: a long download is load on the backend as much as a slow answer is.
+pub struct LeasedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl LeasedBody {
+    /// Streams `inner`, holding `lease` until the end.
+    pub fn new(inner: Incoming, lease: Lease) -> LeasedBody {
+        LeasedBody {
+            inner,
+            lease: Some(lease),
+        }
+    }
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            self.lease = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,80 @@
+//! Sending one try of a request to one backend: a pooled hyper-util client per upstream (its
+//! connect timeout and idle time from `timeouts`), the response timeout to headers, and the
+//! classification of failures into the kinds the breaker and the EWMA understand.
+
+use super::body::ProxyBody;
+use crate::config::Timeouts;
+use crate::pool::OutcomeKind;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::time::Duration;
+
+/// How a try failed, before any response header arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryError {
+    /// The connection could not be made.
+    Connect,
+    /// The connection broke or the backend answered with garbage.
+    Reset,
+    /// No response headers within the response timeout.
+    Timeout,
+}
+
+impl TryError {
+    /// The outcome kind this failure is reported as.
+    pub fn outcome(self) -> OutcomeKind {
+        match self {
+            TryError::Connect => OutcomeKind::Connect,
+            TryError::Reset => OutcomeKind::Reset,
+            TryError::Timeout => OutcomeKind::Timeout,
+        }
+    }
+}
+
+/// One upstream's client to its backends.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, ProxyBody>,
+    response_timeout: Duration,
+}
+
+impl Forwarder {
+    /// A client with the upstream's timeouts.
+    pub fn new(timeouts: &Timeouts) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(timeouts.idle)
+            // The client's Host header is kept, as nginx's `proxy_set_header Host $host` does.
+            .set_host(false)
+            .build(connector);
+        Forwarder {
+            client,
+            response_timeout: timeouts.response,
+        }
+    }
+
+    /// Sends `req` to `authority`, with the path and query it already carries.
+    pub async fn send(
+        &self,
+        authority: &str,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TryError> {
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let uri: Uri = format!("http://{authority}{path}")
+            .parse()
+            .map_err(|_| TryError::Connect)?;
+        *req.uri_mut() = uri;
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(TryError::Timeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(TryError::Connect),
+            Ok(Err(_)) => Err(TryError::Reset),
+        }
+    }
+}
