@@ -1,5 +1,5 @@
 //! The fault-injecting backend: an HTTP/1.1 server whose [`Fault`] can be switched while it
-//! runs, for traffic and for `/health` apart. It counts what it receives, so tests assert at the
+//! runs. `/health` follows the traffic fault (less its errors) unless given a fault apart. It counts what it receives, so tests assert at the
 //! backend what reached it.
 //!
 //! Paths: `/health` (200 `ok`), `/echo` (JSON of the request as received: method, URI,
@@ -42,12 +42,14 @@ struct Inner {
     id: String,
     addr: SocketAddr,
     traffic: watch::Sender<Fault>,
-    health: watch::Sender<Fault>,
-    requests: AtomicU64,
-    health_requests: AtomicU64,
+    /// A fault set for `/health` apart; `None` follows the traffic fault (see `health_fault`).
+    health: watch::Sender<Option<Fault>>,
+    requests: watch::Sender<u64>,
+    health_requests: watch::Sender<u64>,
     body_bytes: watch::Sender<u64>,
     stream_bytes: AtomicU64,
     gate: watch::Sender<bool>,
+    listening: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -69,12 +71,13 @@ impl Backend {
             id: id.to_string(),
             addr,
             traffic: watch::Sender::new(fault),
-            health: watch::Sender::new(Fault::OK),
-            requests: AtomicU64::new(0),
-            health_requests: AtomicU64::new(0),
+            health: watch::Sender::new(None),
+            requests: watch::Sender::new(0),
+            health_requests: watch::Sender::new(0),
             body_bytes: watch::Sender::new(0),
             stream_bytes: AtomicU64::new(0),
             gate: watch::Sender::new(false),
+            listening: watch::Sender::new(false),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(supervise(listener, inner.clone(), stopped));
@@ -97,9 +100,14 @@ impl Backend {
         self.inner.traffic.send_replace(fault);
     }
 
-    /// Switches what it does to `/health` alone.
+    /// Switches what it does to `/health` alone, until [`Backend::follow_traffic_fault`].
     pub fn set_health_fault(&self, fault: Fault) {
-        self.inner.health.send_replace(fault);
+        self.inner.health.send_replace(Some(fault));
+    }
+
+    /// Lets `/health` follow the traffic fault again (the default).
+    pub fn follow_traffic_fault(&self) {
+        self.inner.health.send_replace(None);
     }
 
     /// The traffic fault now in force.
@@ -107,19 +115,34 @@ impl Backend {
         *self.inner.traffic.borrow()
     }
 
-    /// The health fault now in force.
+    /// The fault `/health` gets now: the one set apart, or else the traffic fault without its
+    /// errors (faults.md: a slow or hung backend is slow or hung on `/health` too, while one
+    /// that fails a share of requests still passes its health checks).
     pub fn health_fault(&self) -> Fault {
-        *self.inner.health.borrow()
+        self.inner.health_fault()
     }
 
     /// Requests received on any path but `/health`, answered or not.
     pub fn requests(&self) -> u64 {
-        self.inner.requests.load(Ordering::Relaxed)
+        *self.inner.requests.borrow()
+    }
+
+    /// Waits until at least `n` requests (other than `/health`) have arrived.
+    pub async fn wait_requests(&self, n: u64) {
+        let mut rx = self.inner.requests.subscribe();
+        let _ = rx.wait_for(|r| *r >= n).await;
     }
 
     /// `/health` requests received.
     pub fn health_requests(&self) -> u64 {
-        self.inner.health_requests.load(Ordering::Relaxed)
+        *self.inner.health_requests.borrow()
+    }
+
+    /// Waits until at least `n` `/health` requests have arrived. A balancer probes one backend
+    /// at a time, so the arrival of probe n+1 means it has handled the result of probe n.
+    pub async fn wait_health_requests(&self, n: u64) {
+        let mut rx = self.inner.health_requests.subscribe();
+        let _ = rx.wait_for(|h| *h >= n).await;
     }
 
     /// Request body bytes received so far, over all requests.
@@ -136,6 +159,13 @@ impl Backend {
     /// Bytes of `/stream` bodies handed to the connection so far.
     pub fn stream_bytes_sent(&self) -> u64 {
         self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the listener is open (`true`) or closed (`false`): a fault switch to or from
+    /// `dead` takes effect asynchronously.
+    pub async fn wait_listening(&self, open: bool) {
+        let mut rx = self.inner.listening.subscribe();
+        let _ = rx.wait_for(|l| *l == open).await;
     }
 
     /// Lets gated `/stream` responses send their last chunk.
@@ -181,6 +211,7 @@ async fn supervise(listener: TcpListener, inner: Arc<Inner>, mut stopped: watch:
             continue;
         }
         let mut conns = JoinSet::new();
+        inner.listening.send_replace(true);
         loop {
             tokio::select! {
                 accepted = l.accept() => {
@@ -196,6 +227,7 @@ async fn supervise(listener: TcpListener, inner: Arc<Inner>, mut stopped: watch:
         // Dead: the listener and every open connection go now.
         drop(l);
         conns.shutdown().await;
+        inner.listening.send_replace(false);
     }
 }
 
@@ -243,6 +275,15 @@ async fn serve_conn(stream: TcpStream, inner: Arc<Inner>) {
     }
 }
 
+impl Inner {
+    fn health_fault(&self) -> Fault {
+        self.health.borrow().unwrap_or_else(|| Fault {
+            error_rate: 0.0,
+            ..*self.traffic.borrow()
+        })
+    }
+}
+
 async fn respond(
     req: Request<Incoming>,
     inner: Arc<Inner>,
@@ -250,10 +291,10 @@ async fn respond(
 ) -> Response<BackendBody> {
     let is_health = req.uri().path() == "/health";
     let fault = if is_health {
-        inner.health_requests.fetch_add(1, Ordering::Relaxed);
-        *inner.health.borrow()
+        inner.health_requests.send_modify(|h| *h += 1);
+        inner.health_fault()
     } else {
-        inner.requests.fetch_add(1, Ordering::Relaxed);
+        inner.requests.send_modify(|r| *r += 1);
         *inner.traffic.borrow()
     };
     let (parts, body) = req.into_parts();

@@ -1,6 +1,7 @@
 //! The control listener of `loadtest backend --control ADDR`: switch a running backend's fault
 //! over HTTP. `POST /fault` (body: a fault such as `dead`, `latency 200ms`, `errors 0.5 503`)
-//! sets the traffic fault, `POST /fault/health` the `/health` fault; `GET /fault` shows both;
+//! sets the traffic fault, `POST /fault/health` a `/health` fault apart (`DELETE /fault/health`
+//! makes it follow the traffic fault again); `GET /fault` shows both;
 //! `GET /stats` returns the counts as JSON.
 
 use crate::backend::Backend;
@@ -57,6 +58,13 @@ async fn handle(req: Request<Incoming>, backend: &Backend) -> Response<Full<Byte
             })
             .to_string(),
         ),
+        (Method::DELETE, "/fault/health") => {
+            backend.follow_traffic_fault();
+            reply(
+                StatusCode::OK,
+                format!("health: {} (follows traffic)\n", backend.health_fault()),
+            )
+        }
         (Method::POST, "/fault" | "/fault/health") => {
             let body = match Limited::new(req.into_body(), 1024).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -84,7 +92,8 @@ async fn handle(req: Request<Incoming>, backend: &Backend) -> Response<Full<Byte
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            "try GET /fault, GET /stats, POST /fault, POST /fault/health\n".into(),
+            "try GET /fault, GET /stats, POST /fault, POST /fault/health, DELETE /fault/health\n"
+                .into(),
         ),
     }
 }

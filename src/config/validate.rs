@@ -12,7 +12,8 @@ impl Config {
     /// Checks ranges, uniqueness and addresses; returns every error found.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Errors::default();
-        if self.listen.address == self.admin.address {
+        // Port 0 asks the OS for a free port: two of them never collide.
+        if self.listen.address == self.admin.address && self.listen.address.port() != 0 {
             errs.push(
                 "admin.address",
                 format!(
