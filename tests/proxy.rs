@@ -331,3 +331,31 @@ async fn admin_and_proxy_listeners_serve_only_their_own() {
     assert_eq!(bs[0].requests(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_malformed_request_gets_400_and_the_proxy_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bs = backends(1).await;
+    let server = start(&one_upstream("round_robin", &bs, &[], "")).await;
+    for garbage in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: banana\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.proxy_addr())
+            .await
+            .unwrap();
+        s.write_all(garbage).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    }
+    assert_eq!(bs[0].requests(), 0);
+    let a = get(&client(), server.proxy_addr(), "/", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    server.shutdown().await;
+}
