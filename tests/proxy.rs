@@ -147,7 +147,7 @@ async fn no_backend_in_rotation_is_an_immediate_503() {
     for b in &bs {
         b.set_health_fault(Fault::errors(1.0, 503));
     }
-    let health = "[upstreams.health]\ninterval = \"50ms\"\nunhealthy_threshold = 2\n";
+    let health = "[upstreams.health]\ninterval = \"50ms\"\nbackoff_base = \"50ms\"\nunhealthy_threshold = 2\n";
     let server = start(&one_upstream("round_robin", &bs, &[], health)).await;
     // Probe 3 arriving means the pool has handled probe 2: both backends are out.
     for b in &bs {

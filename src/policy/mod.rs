@@ -2,6 +2,12 @@
 //! unit-tested over explicit timelines. Actors hold and drive them; they import nothing of
 //! fulcrum but config types.
 
+pub mod backoff;
 pub mod balance;
+pub mod breaker;
+pub mod ejection;
 pub mod ewma;
 pub mod rise_fall;
+pub mod slow_start;
+pub mod success;
+pub mod weight;

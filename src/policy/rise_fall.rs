@@ -27,6 +27,12 @@ impl RiseFall {
         self.healthy
     }
 
+    /// Sets the state outright (a restarted actor resumes what the probes had found).
+    pub fn force(&mut self, healthy: bool) {
+        self.healthy = healthy;
+        self.streak = 0;
+    }
+
     /// Records one probe; returns the new state when it changed.
     pub fn record(&mut self, pass: bool) -> Option<bool> {
         // A result that agrees with the current state resets the streak against it.

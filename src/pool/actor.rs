@@ -1,21 +1,36 @@
-//! PoolActor: one per upstream. It owns the backends' slots (the shared in-flight counter, the
-//! backend's actor, the pool's view of its latency and probe health), answers `Pick` with a
-//! [`Lease`] through the upstream's balancing algorithm, restarts a backend actor that dies, and
-//! schedules the active probes as tasks that report back. Its handler never awaits I/O.
+//! PoolActor: one per upstream. It owns the backends' slots (the shared counters, the backend's
+//! actor, the latest [`BackendView`] it reported), answers `Pick` with a [`Lease`] through the
+//! upstream's balancing algorithm, restarts a backend actor that dies, and schedules the active
+//! probes as tasks that report back. Its handler never awaits I/O.
+//!
+//! What a pick may choose: a backend whose actor runs and whose probes pass; not one whose
+//! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one whose
+//! breaker is half-open only for its `half_open_requests` trial requests. `adaptive` and
+//! `p2c_ewma` see dynamic weights ([`crate::policy::weight`]) and effective latencies; the other
+//! algorithms see static weights scaled by slow start.
+//!
+//! Probes: every `health.interval` for a backend whose last probe passed and is in rotation;
+//! after a failed probe, `backoff_base × 2^n` (±20% jitter, capped at `backoff_max`) for the
+//! n-th failure in a row — quick to confirm a fall, gentle on a backend that stays down; after a
+//! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
 
-use super::backend::{BackendActor, BackendArgs, BackendMsg};
+use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::lease::{BackendShared, Lease};
 use super::probe;
-use crate::config::{Algorithm, Health, Upstream};
+use crate::config::{Algorithm, Upstream};
+use crate::policy::backoff::Backoff;
 use crate::policy::balance::{self, BackendId, Balancer, Candidate};
-use crate::policy::rise_fall::RiseFall;
+use crate::policy::breaker::CircuitState;
+use crate::policy::ejection;
+use crate::policy::slow_start;
+use crate::policy::weight::{dynamic_weight, effective_latency, WeightInputs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Where a latency estimate starts when nothing is known of any backend yet.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(10);
@@ -38,8 +53,8 @@ pub enum PoolMsg {
         exclude: Vec<BackendId>,
         reply: RpcReplyPort<Result<Lease, NoBackend>>,
     },
-    /// A backend actor's latency estimate moved.
-    Latency { id: BackendId, seconds: f64 },
+    /// A backend actor's view changed.
+    View { id: BackendId, view: BackendView },
     /// An active probe finished.
     ProbeResult { id: BackendId, pass: bool },
     /// The pool's figures, for /status.
@@ -58,14 +73,34 @@ pub struct BackendStatus {
     pub address: String,
     /// The configured weight.
     pub static_weight: u32,
-    /// The weight now in use.
+    /// The weight now in use by the upstream's algorithm.
     pub weight: f64,
     /// Peak EWMA of latency, seconds.
     pub ewma_latency_seconds: f64,
+    /// Decaying success ratio.
+    pub success_rate: f64,
     /// Requests in flight.
     pub inflight: u32,
-    /// In rotation by the active probes.
+    /// In rotation: the probes pass and the breaker has not ejected it.
     pub healthy: bool,
+    /// What the active probes say.
+    pub probes_passing: bool,
+    /// `closed`, `open` or `half_open`.
+    pub circuit_state: &'static str,
+    /// Seconds until an open breaker turns half-open.
+    pub open_until_seconds: Option<f64>,
+    /// Consecutive trips without a clean close.
+    pub consecutive_trips: u32,
+    /// Length of the breaker's last open period, seconds.
+    pub open_period_seconds: f64,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    /// The nominal delay before the next probe after another failure, seconds.
+    pub probe_backoff_seconds: f64,
+    /// The slow-start factor on the weight now (1 when not ramping).
+    pub slow_start_factor: f64,
+    /// Requests handed to this backend since the start.
+    pub picks: u64,
     /// Times the pool restarted this backend's actor.
     pub actor_restarts: u32,
 }
@@ -99,14 +134,18 @@ struct Slot {
     shared: Arc<BackendShared>,
     static_weight: u32,
     actor: Option<ActorRef<BackendMsg>>,
-    latency: f64,
-    probes: RiseFall,
+    view: BackendView,
+    /// When its breaker last opened: the first to open are the ones ejected under the cap.
+    opened_at: Option<Instant>,
+    /// Trial requests handed out since its breaker turned half-open.
+    trial_picks: u32,
+    backoff: Backoff,
     restarts: u32,
 }
 
 /// The state a pool actor drives.
 pub struct PoolState {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     slots: Vec<Slot>,
     balancer: Box<dyn Balancer>,
     rng: SmallRng,
@@ -122,6 +161,18 @@ impl std::fmt::Debug for PoolState {
     }
 }
 
+fn fresh_view(healthy: bool, latency: Duration) -> BackendView {
+    BackendView {
+        healthy,
+        circuit: CircuitState::Closed,
+        trips: 0,
+        open_period: Duration::ZERO,
+        latency: latency.as_secs_f64(),
+        success_rate: 1.0,
+        slow_start_since: None,
+    }
+}
+
 impl Actor for PoolActor {
     type Msg = PoolMsg;
     type State = PoolState;
@@ -132,38 +183,39 @@ impl Actor for PoolActor {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        let up = args.upstream;
+        let up = Arc::new(args.upstream);
         let rng = match args.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
-        let mut state = PoolState {
-            balancer: balance::for_algorithm(up.algorithm),
-            slots: Vec::with_capacity(up.backends.len()),
-            candidates: Vec::with_capacity(up.backends.len()),
-            rng,
-            upstream: up,
-        };
-        for (i, b) in state.upstream.backends.iter().enumerate() {
+        let epoch = Instant::now();
+        let mut slots = Vec::with_capacity(up.backends.len());
+        for (i, b) in up.backends.iter().enumerate() {
             let authority = b
                 .authority()
                 .map_err(|e| format!("backend {}: {e}", b.address))?;
-            state.slots.push(Slot {
-                shared: Arc::new(BackendShared {
-                    id: i as BackendId,
-                    authority: Arc::from(authority),
-                    inflight: Default::default(),
-                }),
+            slots.push(Slot {
+                shared: Arc::new(BackendShared::new(
+                    i as BackendId,
+                    Arc::from(authority),
+                    epoch,
+                )),
                 static_weight: b.weight,
                 actor: None,
-                latency: DEFAULT_LATENCY.as_secs_f64(),
-                probes: RiseFall::new(
-                    state.upstream.health.healthy_threshold,
-                    state.upstream.health.unhealthy_threshold,
-                ),
+                view: fresh_view(true, DEFAULT_LATENCY),
+                opened_at: None,
+                trial_picks: 0,
+                backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
                 restarts: 0,
             });
         }
+        let mut state = PoolState {
+            balancer: balance::for_algorithm(up.algorithm),
+            candidates: Vec::with_capacity(slots.len()),
+            slots,
+            rng,
+            upstream: up,
+        };
         for i in 0..state.slots.len() {
             state.spawn_backend(&myself, i).await?;
             // Spread the first probes over a quarter interval rather than all at once.
@@ -189,35 +241,19 @@ impl Actor for PoolActor {
                 exclude,
                 reply,
             } => {
-                let _ = reply.send(state.pick(key, &exclude));
+                let _ = reply.send(state.pick(key, &exclude, Instant::now()));
             }
-            PoolMsg::Latency { id, seconds } => {
-                if let Some(slot) = state.slot_mut(id) {
-                    slot.latency = seconds;
-                }
-            }
-            PoolMsg::ProbeResult { id, pass } => {
-                let interval = state.upstream.health.interval;
-                let Some(i) = state.index_of(id) else {
-                    return Ok(());
-                };
-                let slot = &mut state.slots[i];
-                if let Some(healthy) = slot.probes.record(pass) {
-                    tracing::info!(
-                        upstream = %state.upstream.name,
-                        backend = %slot.shared.authority,
-                        healthy,
-                        "active probes {} backend",
-                        if healthy { "returned" } else { "took out" }
-                    );
-                }
-                state.schedule_probe(&myself, i, interval);
-            }
+            PoolMsg::View { id, view } => state.update_view(id, view, Instant::now()),
+            PoolMsg::ProbeResult { id, pass } => state.probe_result(&myself, id, pass),
             PoolMsg::Status(reply) => {
-                let _ = reply.send(state.status());
+                let _ = reply.send(state.status(Instant::now()));
             }
             PoolMsg::BackendActor { id, reply } => {
-                let _ = reply.send(state.slot_mut(id).and_then(|s| s.actor.clone()));
+                let _ = reply.send(
+                    state
+                        .index_of(id)
+                        .and_then(|i| state.slots[i].actor.clone()),
+                );
             }
         }
         Ok(())
@@ -261,10 +297,6 @@ impl PoolState {
         self.slots.iter().position(|s| s.shared.id == id)
     }
 
-    fn slot_mut(&mut self, id: BackendId) -> Option<&mut Slot> {
-        self.slots.iter_mut().find(|s| s.shared.id == id)
-    }
-
     fn index_of_actor(&self, cell: &ActorCell) -> Option<usize> {
         let id = cell.get_id();
         self.slots
@@ -272,18 +304,21 @@ impl PoolState {
             .position(|s| s.actor.as_ref().is_some_and(|a| a.get_id() == id))
     }
 
-    /// The mean latency estimate of the pool: where a new or restarted backend starts.
+    /// The mean latency estimate of the backends in rotation: where a new, restarted or
+    /// returning backend starts.
     fn mean_latency(&self) -> Duration {
-        let known: Vec<f64> = self
+        let (sum, n) = self
             .slots
             .iter()
-            .filter(|s| s.actor.is_some())
-            .map(|s| s.latency)
-            .collect();
-        if known.is_empty() {
-            return DEFAULT_LATENCY;
+            .filter(|s| {
+                s.actor.is_some() && s.view.healthy && s.view.circuit == CircuitState::Closed
+            })
+            .fold((0.0, 0u32), |(sum, n), s| (sum + s.view.latency, n + 1));
+        if n == 0 {
+            DEFAULT_LATENCY
+        } else {
+            Duration::from_secs_f64(sum / f64::from(n))
         }
-        Duration::from_secs_f64(known.iter().sum::<f64>() / known.len() as f64)
     }
 
     async fn spawn_backend(
@@ -292,78 +327,259 @@ impl PoolState {
         i: usize,
     ) -> Result<(), ActorProcessingErr> {
         let initial = self.mean_latency();
+        let healthy = self.slots[i].view.healthy;
         let args = BackendArgs {
             id: self.slots[i].shared.id,
+            upstream: self.upstream.clone(),
+            authority: self.slots[i].shared.authority.clone(),
             pool: myself.clone(),
             initial_latency: initial,
-            ewma_decay: self.upstream.adaptive.ewma_decay,
-            failure_penalty: self.upstream.timeouts.response,
+            healthy,
         };
         let (actor, _) = Actor::spawn_linked(None, BackendActor, args, myself.get_cell()).await?;
         let slot = &mut self.slots[i];
         slot.actor = Some(actor);
-        slot.latency = initial.as_secs_f64();
+        // A new actor has a fresh breaker: the pool's view starts over with it.
+        slot.view = fresh_view(healthy, initial);
+        slot.opened_at = None;
         Ok(())
+    }
+
+    fn update_view(&mut self, id: BackendId, view: BackendView, now: Instant) {
+        let Some(i) = self.index_of(id) else { return };
+        let before = self.slots[i].view.circuit;
+        let slot = &mut self.slots[i];
+        slot.view = view;
+        match (before, view.circuit) {
+            (CircuitState::Open { .. }, CircuitState::Open { .. }) => {}
+            (_, CircuitState::Open { .. }) => {
+                // A reopening from half-open keeps its place in the ejection order.
+                if slot.opened_at.is_none() || before == CircuitState::Closed {
+                    slot.opened_at = Some(now);
+                }
+                let ejected = self.ejected(now).contains(&i);
+                let slot = &self.slots[i];
+                if ejected {
+                    tracing::info!(upstream = %self.upstream.name, backend = %slot.shared.authority, "ejected by its circuit breaker");
+                } else {
+                    tracing::warn!(
+                        upstream = %self.upstream.name,
+                        backend = %slot.shared.authority,
+                        max_ejection_percent = self.upstream.circuit_breaker.max_ejection_percent,
+                        "circuit breaker open but kept in rotation: the ejection cap is reached"
+                    );
+                }
+            }
+            (_, CircuitState::HalfOpen) => slot.trial_picks = 0,
+            (_, CircuitState::Closed) => slot.opened_at = None,
+        }
+    }
+
+    /// Indices of the backends the breaker keeps out now: open, and within the ejection cap.
+    fn ejected(&self, now: Instant) -> Vec<usize> {
+        if !self
+            .slots
+            .iter()
+            .any(|s| matches!(s.view.circuit, CircuitState::Open { .. }))
+        {
+            return Vec::new();
+        }
+        let cap = ejection::breaker_cap(
+            self.slots.len(),
+            self.upstream.circuit_breaker.max_ejection_percent,
+        );
+        let opened = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.view.circuit, CircuitState::Open { .. }))
+            .map(|(i, s)| (s.opened_at.unwrap_or(now), i))
+            .collect();
+        ejection::ejected(opened, cap)
+    }
+
+    /// Whether slot `i` may take a request now (apart from per-request exclusions).
+    fn in_rotation(&self, i: usize, ejected: &[usize]) -> bool {
+        let s = &self.slots[i];
+        s.actor.is_some()
+            && s.view.healthy
+            && match s.view.circuit {
+                CircuitState::Closed => true,
+                CircuitState::Open { .. } => !ejected.contains(&i),
+                CircuitState::HalfOpen => {
+                    s.trial_picks < self.upstream.circuit_breaker.half_open_requests
+                }
+            }
+    }
+
+    fn effective_latency(&self, i: usize, now: Instant) -> f64 {
+        let s = &self.slots[i];
+        effective_latency(s.view.latency, s.shared.silent_for(now).as_secs_f64())
+    }
+
+    /// The weight the upstream's algorithm uses for slot `i`; `best` is the lowest effective
+    /// latency in rotation.
+    fn weight(&self, i: usize, best: f64, now: Instant) -> f64 {
+        let s = &self.slots[i];
+        let ramp = slow_start::ramp(
+            s.view.slow_start_since,
+            self.upstream.adaptive.slow_start,
+            now,
+        );
+        let static_weight = f64::from(s.static_weight);
+        match self.upstream.algorithm {
+            Algorithm::Adaptive | Algorithm::P2cEwma => dynamic_weight(
+                &WeightInputs {
+                    static_weight,
+                    latency: self.effective_latency(i, now),
+                    best_latency: best,
+                    success_rate: s.view.success_rate,
+                    slow_start: ramp,
+                },
+                self.upstream.adaptive.min_weight_ratio,
+            ),
+            // Affinity must not move with latency: the ring keeps static weights.
+            Algorithm::ConsistentHash => static_weight,
+            _ => static_weight * ramp,
+        }
+    }
+
+    fn best_latency(&self, eligible: impl Iterator<Item = usize>, now: Instant) -> f64 {
+        eligible
+            .map(|i| self.effective_latency(i, now))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    fn pick(&mut self, key: u64, exclude: &[BackendId], now: Instant) -> Result<Lease, NoBackend> {
+        let ejected = self.ejected(now);
+        let eligible = |s: &Self, i: usize| {
+            s.in_rotation(i, &ejected) && !exclude.contains(&s.slots[i].shared.id)
+        };
+        let best = self.best_latency((0..self.slots.len()).filter(|i| eligible(self, *i)), now);
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        for i in 0..self.slots.len() {
+            if eligible(self, i) {
+                let s = &self.slots[i];
+                candidates.push(Candidate {
+                    id: s.shared.id,
+                    weight: self.weight(i, best, now),
+                    inflight: s.shared.inflight(),
+                    latency: self.effective_latency(i, now),
+                });
+            }
+        }
+        let chosen = self
+            .balancer
+            .pick(&candidates, key, &mut self.rng)
+            .and_then(|c| candidates.get(c))
+            .map(|c| c.id);
+        self.candidates = candidates;
+        let i = chosen
+            .and_then(|id| self.index_of(id))
+            .ok_or(NoBackend::NoneAvailable)?;
+        let slot = &mut self.slots[i];
+        let actor = slot.actor.clone().ok_or(NoBackend::NoneAvailable)?;
+        if slot.view.circuit == CircuitState::HalfOpen {
+            slot.trial_picks += 1;
+        }
+        Ok(Lease::new(slot.shared.clone(), actor))
+    }
+
+    fn probe_result(&mut self, myself: &ActorRef<PoolMsg>, id: BackendId, pass: bool) {
+        let Some(i) = self.index_of(id) else { return };
+        let pool_mean = self.mean_latency();
+        let health = &self.upstream.health;
+        let slot = &mut self.slots[i];
+        if let Some(actor) = &slot.actor {
+            let _ = actor.cast(BackendMsg::Probe { pass, pool_mean });
+        }
+        let delay = if pass {
+            slot.backoff.reset();
+            if slot.view.healthy {
+                health.interval
+            } else {
+                health.backoff_base
+            }
+        } else {
+            let delay = slot.backoff.fail(&mut self.rng);
+            if !slot.view.healthy {
+                tracing::info!(
+                    upstream = %self.upstream.name,
+                    backend = %slot.shared.authority,
+                    failed_probes = slot.backoff.failures(),
+                    next_probe_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                    "probe failed; backing off"
+                );
+            }
+            delay
+        };
+        self.schedule_probe(myself, i, delay);
     }
 
     fn schedule_probe(&self, myself: &ActorRef<PoolMsg>, i: usize, delay: Duration) {
         let slot = &self.slots[i];
         let id = slot.shared.id;
         let authority = slot.shared.authority.clone();
-        let health: Health = self.upstream.health.clone();
+        let upstream = self.upstream.clone();
         let pool = myself.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let pass = probe::probe(&health, &authority).await;
+            let pass = probe::probe(&upstream.health, &authority).await;
             // Fails only when the pool has stopped, which ends the probe cycle too.
             let _ = pool.cast(PoolMsg::ProbeResult { id, pass });
         });
     }
 
-    fn pick(&mut self, key: u64, exclude: &[BackendId]) -> Result<Lease, NoBackend> {
-        self.candidates.clear();
-        for s in &self.slots {
-            if s.actor.is_some() && s.probes.healthy() && !exclude.contains(&s.shared.id) {
-                self.candidates.push(Candidate {
-                    id: s.shared.id,
-                    weight: f64::from(s.static_weight),
-                    inflight: s.shared.inflight.load(Ordering::Relaxed),
-                    latency: s.latency,
-                });
-            }
-        }
-        let chosen = self
-            .balancer
-            .pick(&self.candidates, key, &mut self.rng)
-            .and_then(|i| self.candidates.get(i))
-            .map(|c| c.id)
-            .ok_or(NoBackend::NoneAvailable)?;
-        let slot = self.slot_mut(chosen).ok_or(NoBackend::NoneAvailable)?;
-        let actor = slot.actor.clone().ok_or(NoBackend::NoneAvailable)?;
-        Ok(Lease::new(slot.shared.clone(), actor))
-    }
-
-    fn status(&self) -> UpstreamStatus {
+    fn status(&self, now: Instant) -> UpstreamStatus {
+        let ejected = self.ejected(now);
+        let best = self.best_latency(
+            (0..self.slots.len()).filter(|i| self.in_rotation(*i, &ejected)),
+            now,
+        );
         UpstreamStatus {
             name: self.upstream.name.clone(),
-            algorithm: algorithm_name(self.upstream.algorithm),
+            algorithm: self.upstream.algorithm.name(),
             backends: self
                 .slots
                 .iter()
-                .map(|s| BackendStatus {
-                    address: s.shared.authority.to_string(),
-                    static_weight: s.static_weight,
-                    weight: f64::from(s.static_weight),
-                    ewma_latency_seconds: s.latency,
-                    inflight: s.shared.inflight.load(Ordering::Relaxed),
-                    healthy: s.probes.healthy(),
-                    actor_restarts: s.restarts,
+                .enumerate()
+                .map(|(i, s)| {
+                    let in_rotation = s.actor.is_some() && s.view.healthy && !ejected.contains(&i);
+                    BackendStatus {
+                        address: s.shared.authority.to_string(),
+                        static_weight: s.static_weight,
+                        weight: if in_rotation {
+                            self.weight(i, best, now)
+                        } else {
+                            0.0
+                        },
+                        ewma_latency_seconds: s.view.latency,
+                        success_rate: s.view.success_rate,
+                        inflight: s.shared.inflight(),
+                        healthy: in_rotation,
+                        probes_passing: s.view.healthy,
+                        circuit_state: s.view.circuit.name(),
+                        open_until_seconds: match s.view.circuit {
+                            CircuitState::Open { until } => {
+                                Some(until.saturating_duration_since(now).as_secs_f64())
+                            }
+                            _ => None,
+                        },
+                        consecutive_trips: s.view.trips,
+                        open_period_seconds: s.view.open_period.as_secs_f64(),
+                        probe_failures: s.backoff.failures(),
+                        probe_backoff_seconds: s.backoff.nominal().as_secs_f64(),
+                        slow_start_factor: slow_start::ramp(
+                            s.view.slow_start_since,
+                            self.upstream.adaptive.slow_start,
+                            now,
+                        ),
+                        picks: s.shared.picks(),
+                        actor_restarts: s.restarts,
+                    }
                 })
                 .collect(),
         }
     }
-}
-
-fn algorithm_name(a: Algorithm) -> &'static str {
-    a.name()
 }

@@ -1,11 +1,19 @@
 //! BackendActor: one per backend, spawned linked to its pool. It folds every request outcome
-//! into its policies (for now the peak EWMA of latency and outcome counts) and tells the pool
-//! when its view changed enough to matter for picks.
+//! (cast by the frontend) and every probe result (forwarded by the pool) into its policies — the
+//! circuit breaker, the peak EWMA of latency, the success rate, rise/fall of probes, the
+//! slow-start ramp — and tells the pool its [`BackendView`] when that changes. A timer turns an
+//! open breaker half-open on time, so recovery never waits for a request to arrive.
 
 use super::actor::PoolMsg;
+use crate::config::Upstream;
 use crate::policy::balance::BackendId;
+use crate::policy::breaker::{Breaker, CircuitState};
 use crate::policy::ewma::PeakEwma;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use crate::policy::rise_fall::RiseFall;
+use crate::policy::slow_start::SlowStart;
+use crate::policy::success::SuccessRate;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -45,19 +53,30 @@ pub struct Outcome {
 pub enum BackendMsg {
     /// A request's outcome, cast from the frontend.
     Outcome(Outcome),
-    /// The actor's figures.
-    Stats(RpcReplyPort<BackendStats>),
+    /// An active probe's result, forwarded by the pool with the pool's mean latency (where this
+    /// backend's estimate restarts if the result brings it back).
+    Probe { pass: bool, pool_mean: Duration },
+    /// The breaker's open period may be over.
+    Tick,
 }
 
-/// A backend actor's own figures.
+/// What the pool knows of a backend: everything a pick and /status need.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackendStats {
+pub struct BackendView {
+    /// In rotation by the active probes.
+    pub healthy: bool,
+    /// The breaker's state.
+    pub circuit: CircuitState,
+    /// Consecutive trips without a clean close.
+    pub trips: u32,
+    /// The last open period of the breaker.
+    pub open_period: Duration,
     /// Peak EWMA of latency, seconds.
     pub latency: f64,
-    /// Outcomes seen by this incarnation of the actor.
-    pub successes: u64,
-    /// Failed outcomes seen by this incarnation of the actor.
-    pub failures: u64,
+    /// Decaying success ratio.
+    pub success_rate: f64,
+    /// When the slow-start ramp in progress began.
+    pub slow_start_since: Option<Instant>,
 }
 
 /// The actor; its state lives in [`BackendState`].
@@ -68,28 +87,33 @@ pub struct BackendActor;
 #[derive(Debug)]
 pub struct BackendArgs {
     pub(crate) id: BackendId,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) authority: Arc<str>,
     pub(crate) pool: ActorRef<PoolMsg>,
     /// Where the latency estimate starts: the pool's mean, so a new backend is not flooded.
     pub(crate) initial_latency: Duration,
-    pub(crate) ewma_decay: Duration,
-    /// The latency a failure counts as: a failure must never make a backend look fast.
-    pub(crate) failure_penalty: Duration,
+    /// Whether it starts healthy: a restarted actor keeps what the probes had found.
+    pub(crate) healthy: bool,
 }
 
 /// The state a backend actor drives.
 #[derive(Debug)]
 pub struct BackendState {
     id: BackendId,
+    upstream: Arc<Upstream>,
+    authority: Arc<str>,
     pool: ActorRef<PoolMsg>,
     ewma: PeakEwma,
-    failure_penalty: Duration,
-    reported_latency: f64,
-    successes: u64,
-    failures: u64,
+    success: SuccessRate,
+    breaker: Breaker,
+    probes: RiseFall,
+    slow_start: SlowStart,
+    pool_mean: Duration,
+    reported: BackendView,
 }
 
-/// The pool hears of a latency change only when it moved by more than this share: picks need a
-/// fresh estimate, not one message per request.
+/// The pool hears of a moving estimate only when it moved by more than this share: picks need
+/// fresh figures, not one message per request.
 const REPORT_THRESHOLD: f64 = 0.02;
 
 impl Actor for BackendActor {
@@ -102,56 +126,158 @@ impl Actor for BackendActor {
         _myself: ActorRef<Self::Msg>,
         args: BackendArgs,
     ) -> Result<BackendState, ActorProcessingErr> {
-        let ewma = PeakEwma::new(args.initial_latency, args.ewma_decay, Instant::now());
-        Ok(BackendState {
+        let now = Instant::now();
+        let up = &args.upstream;
+        let mut probes = RiseFall::new(up.health.healthy_threshold, up.health.unhealthy_threshold);
+        if !args.healthy {
+            probes.force(false);
+        }
+        let mut state = BackendState {
+            ewma: PeakEwma::new(args.initial_latency, up.adaptive.ewma_decay, now),
+            success: SuccessRate::new(up.adaptive.ewma_decay, now),
+            breaker: Breaker::new(&up.circuit_breaker, now),
+            slow_start: SlowStart::new(up.adaptive.slow_start),
+            probes,
+            pool_mean: args.initial_latency,
             id: args.id,
+            authority: args.authority,
             pool: args.pool,
-            reported_latency: ewma.get(),
-            ewma,
-            failure_penalty: args.failure_penalty,
-            successes: 0,
-            failures: 0,
-        })
+            reported: BackendView {
+                healthy: args.healthy,
+                circuit: CircuitState::Closed,
+                trips: 0,
+                open_period: Duration::ZERO,
+                latency: args.initial_latency.as_secs_f64(),
+                success_rate: 1.0,
+                slow_start_since: None,
+            },
+            upstream: args.upstream,
+        };
+        state.reported = state.view();
+        Ok(state)
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: BackendMsg,
         state: &mut BackendState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            BackendMsg::Outcome(o) => state.fold(o, Instant::now()),
-            BackendMsg::Stats(reply) => {
-                let _ = reply.send(BackendStats {
-                    latency: state.ewma.get(),
-                    successes: state.successes,
-                    failures: state.failures,
-                });
+        let now = Instant::now();
+        let was_in_rotation = state.in_rotation();
+        let circuit_change = match msg {
+            BackendMsg::Outcome(o) => state.fold_outcome(o, now),
+            BackendMsg::Probe { pass, pool_mean } => {
+                state.pool_mean = pool_mean;
+                state.fold_probe(pass)
+            }
+            BackendMsg::Tick => state.breaker.poll(now),
+        };
+        if let Some(circuit) = circuit_change {
+            state.log_transition(circuit);
+            if let CircuitState::Open { until } = circuit {
+                myself.send_after(until.saturating_duration_since(now), || BackendMsg::Tick);
             }
         }
+        if !was_in_rotation && state.in_rotation() {
+            state.rejoin(now);
+        }
+        state.report();
         Ok(())
     }
 }
 
 impl BackendState {
-    fn fold(&mut self, o: Outcome, now: Instant) {
-        let sample = if o.kind.is_failure() {
-            self.failures += 1;
-            o.latency.max(self.failure_penalty)
+    /// In rotation as far as this backend knows: probes pass and the breaker is closed. (The
+    /// pool may keep an open one in rotation under the ejection cap.)
+    fn in_rotation(&self) -> bool {
+        self.probes.healthy() && self.breaker.state() == CircuitState::Closed
+    }
+
+    fn fold_outcome(&mut self, o: Outcome, now: Instant) -> Option<CircuitState> {
+        let failed = o.kind.is_failure();
+        let sample = if failed {
+            // A failure never looks fast: at least twice the current estimate (so repeated
+            // failures grow it exponentially), at most the response timeout.
+            let doubled = Duration::from_secs_f64(self.ewma.get() * 2.0);
+            o.latency
+                .max(doubled)
+                .min(self.upstream.timeouts.response.max(o.latency))
         } else {
-            self.successes += 1;
             o.latency
         };
         self.ewma.observe(sample, now);
-        let latency = self.ewma.get();
-        let moved = (latency - self.reported_latency).abs() / self.reported_latency.max(1e-9);
-        if moved > REPORT_THRESHOLD {
-            self.reported_latency = latency;
-            let _ = self.pool.cast(PoolMsg::Latency {
-                id: self.id,
-                seconds: latency,
-            });
+        self.success.observe(!failed, now);
+        self.breaker.record(failed, now)
+    }
+
+    fn fold_probe(&mut self, pass: bool) -> Option<CircuitState> {
+        match self.probes.record(pass) {
+            Some(true) => {
+                tracing::info!(upstream = %self.upstream.name, backend = %self.authority, "active probes passed: back in rotation");
+                // Probes that bring a backend back need not wait out the breaker's open period.
+                self.breaker.probes_recovered()
+            }
+            Some(false) => {
+                tracing::info!(upstream = %self.upstream.name, backend = %self.authority, "active probes failed: out of rotation");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Back in rotation: estimates start over from the pool's mean, and the weight ramps up.
+    fn rejoin(&mut self, now: Instant) {
+        self.ewma = PeakEwma::new(self.pool_mean, self.upstream.adaptive.ewma_decay, now);
+        self.success.reset(now);
+        self.slow_start.begin(now);
+    }
+
+    fn log_transition(&self, circuit: CircuitState) {
+        match circuit {
+            CircuitState::Open { .. } => tracing::info!(
+                upstream = %self.upstream.name,
+                backend = %self.authority,
+                trips = self.breaker.trips(),
+                open_for = %humantime::format_duration(self.breaker.last_open_period()),
+                "circuit breaker opened"
+            ),
+            _ => tracing::info!(
+                upstream = %self.upstream.name,
+                backend = %self.authority,
+                state = circuit.name(),
+                "circuit breaker {}",
+                if circuit == CircuitState::Closed { "closed" } else { "half-open" }
+            ),
+        }
+    }
+
+    fn view(&self) -> BackendView {
+        BackendView {
+            healthy: self.probes.healthy(),
+            circuit: self.breaker.state(),
+            trips: self.breaker.trips(),
+            open_period: self.breaker.last_open_period(),
+            latency: self.ewma.get(),
+            success_rate: self.success.get(),
+            slow_start_since: self.slow_start.since(),
+        }
+    }
+
+    /// Tells the pool the view when a state changed or an estimate moved enough.
+    fn report(&mut self) {
+        let view = self.view();
+        let r = &self.reported;
+        let moved = |a: f64, b: f64| (a - b).abs() > REPORT_THRESHOLD * b.abs().max(1e-6);
+        let changed = view.healthy != r.healthy
+            || view.circuit != r.circuit
+            || view.trips != r.trips
+            || view.slow_start_since != r.slow_start_since
+            || moved(view.latency, r.latency)
+            || moved(view.success_rate, r.success_rate);
+        if changed {
+            self.reported = view;
+            let _ = self.pool.cast(PoolMsg::View { id: self.id, view });
         }
     }
 }

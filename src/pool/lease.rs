@@ -1,19 +1,73 @@
 //! What a pick hands the frontend: a claim on one backend that counts the request in flight
 //! until dropped, and the channel to report the request's outcome to the backend's actor.
+//!
+//! The shared per-backend counters are atomics so that a request's end costs no message
+//! (architecture.md). Besides the in-flight count they keep how long the backend has gone
+//! without answering anything while holding requests: the age of its oldest outstanding request,
+//! near enough, which is what exposes a hung backend long before any timeout fires.
 
 use super::backend::{BackendMsg, Outcome};
 use crate::policy::balance::BackendId;
 use ractor::ActorRef;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
-/// Per-backend data shared between the pool and the leases it handed out. The in-flight count is
-/// an atomic so that a request's end costs no message (architecture.md).
+/// Per-backend data shared between the pool and the leases it handed out.
 #[derive(Debug)]
 pub(crate) struct BackendShared {
     pub(crate) id: BackendId,
     pub(crate) authority: Arc<str>,
-    pub(crate) inflight: AtomicU32,
+    inflight: AtomicU32,
+    picks: AtomicU64,
+    /// Time base of the two stamps below.
+    epoch: Instant,
+    /// When the in-flight count last rose from zero (ns since `epoch`).
+    busy_since: AtomicU64,
+    /// When a request to it last got its answer or failed (ns since `epoch`).
+    last_answer: AtomicU64,
+}
+
+impl BackendShared {
+    pub(crate) fn new(id: BackendId, authority: Arc<str>, epoch: Instant) -> BackendShared {
+        BackendShared {
+            id,
+            authority,
+            inflight: AtomicU32::new(0),
+            picks: AtomicU64::new(0),
+            epoch,
+            busy_since: AtomicU64::new(0),
+            last_answer: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Requests in flight.
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Leases handed out since the start.
+    pub(crate) fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    /// How long the backend has held requests without answering any: zero when idle or
+    /// answering.
+    pub(crate) fn silent_for(&self, now: Instant) -> Duration {
+        if self.inflight() == 0 {
+            return Duration::ZERO;
+        }
+        let since = self
+            .busy_since
+            .load(Ordering::Relaxed)
+            .max(self.last_answer.load(Ordering::Relaxed));
+        Duration::from_nanos(self.stamp(now).saturating_sub(since))
+    }
 }
 
 /// A request's claim on one backend; the backend counts it in flight until this is dropped.
@@ -25,7 +79,12 @@ pub struct Lease {
 
 impl Lease {
     pub(crate) fn new(shared: Arc<BackendShared>, actor: ActorRef<BackendMsg>) -> Lease {
-        shared.inflight.fetch_add(1, Ordering::Relaxed);
+        if shared.inflight.fetch_add(1, Ordering::Relaxed) == 0 {
+            shared
+                .busy_since
+                .store(shared.stamp(Instant::now()), Ordering::Relaxed);
+        }
+        shared.picks.fetch_add(1, Ordering::Relaxed);
         Lease { shared, actor }
     }
 
@@ -41,11 +100,14 @@ impl Lease {
 
     /// Requests now in flight to this backend, this one included.
     pub fn inflight(&self) -> u32 {
-        self.shared.inflight.load(Ordering::Relaxed)
+        self.shared.inflight()
     }
 
     /// Tells the backend's actor how the request went. A cast: the request path never waits.
     pub fn report(&self, outcome: Outcome) {
+        self.shared
+            .last_answer
+            .store(self.shared.stamp(Instant::now()), Ordering::Relaxed);
         // The actor may be between a failure and its restart; one lost sample is harmless.
         let _ = self.actor.cast(BackendMsg::Outcome(outcome));
     }

@@ -9,5 +9,5 @@ mod lease;
 mod probe;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
-pub use backend::{BackendActor, BackendMsg, Outcome, OutcomeKind};
+pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
 pub use lease::Lease;

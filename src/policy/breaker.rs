@@ -1,0 +1,357 @@
+//! The circuit breaker of one backend, fed by real request outcomes.
+//!
+//! - **Closed → open** after `consecutive_failures` failures in a row, or when the failures in the
+//!   sliding `window` reach `failure_rate` of at least `minimum_requests` requests.
+//! - **Open** lasts `open_base × 2^(trips − 1)`, capped at `open_max`, where `trips` counts the
+//!   consecutive trips without a clean close. Outcomes of requests that were already in flight
+//!   when it opened are ignored.
+//! - **Open → half-open** on time ([`Breaker::poll`], which the actor calls from a timer, so an
+//!   all-open pool recovers without waiting for a request), or early when the active probes bring
+//!   the backend back ([`Breaker::probes_recovered`]).
+//! - **Half-open**: `half_open_requests` trial requests; all must pass to close (which resets
+//!   `trips`); one failure reopens with the next, longer period.
+
+use crate::config::CircuitBreaker;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Requests flow.
+    Closed,
+    /// No requests until `until`.
+    Open {
+        /// When it turns half-open.
+        until: Instant,
+    },
+    /// Trial requests decide.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// The metrics encoding: 0 closed, 1 open, 2 half-open.
+    pub fn code(self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open { .. } => 1,
+            CircuitState::HalfOpen => 2,
+        }
+    }
+
+    /// Its name in logs and /status.
+    pub fn name(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open { .. } => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Counts over a sliding window, in ten buckets.
+#[derive(Debug, Clone)]
+struct Window {
+    epoch: Instant,
+    bucket: Duration,
+    /// (bucket number, requests, failures)
+    buckets: [(u64, u32, u32); 10],
+}
+
+impl Window {
+    fn new(window: Duration, now: Instant) -> Window {
+        Window {
+            epoch: now,
+            bucket: (window / 10).max(Duration::from_millis(1)),
+            buckets: [(u64::MAX, 0, 0); 10],
+        }
+    }
+
+    fn index(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_nanos() / self.bucket.as_nanos()) as u64
+    }
+
+    fn add(&mut self, failure: bool, now: Instant) {
+        let i = self.index(now);
+        let slot = &mut self.buckets[(i % 10) as usize];
+        if slot.0 != i {
+            *slot = (i, 0, 0);
+        }
+        slot.1 += 1;
+        slot.2 += u32::from(failure);
+    }
+
+    /// (requests, failures) in the window ending at `now`.
+    fn totals(&self, now: Instant) -> (u32, u32) {
+        let i = self.index(now);
+        self.buckets
+            .iter()
+            .filter(|(b, _, _)| *b != u64::MAX && *b + 10 > i && *b <= i)
+            .fold((0, 0), |(r, f), (_, br, bf)| (r + br, f + bf))
+    }
+
+    fn clear(&mut self) {
+        self.buckets = [(u64::MAX, 0, 0); 10];
+    }
+}
+
+/// One backend's circuit breaker. See the module doc.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    cfg: CircuitBreaker,
+    state: CircuitState,
+    consecutive: u32,
+    window: Window,
+    trips: u32,
+    trial_passes: u32,
+    /// The length of the last open period.
+    last_open: Duration,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(cfg: &CircuitBreaker, now: Instant) -> Breaker {
+        Breaker {
+            cfg: cfg.clone(),
+            state: CircuitState::Closed,
+            consecutive: 0,
+            window: Window::new(cfg.window, now),
+            trips: 0,
+            trial_passes: 0,
+            last_open: Duration::ZERO,
+        }
+    }
+
+    /// The state now (call [`Breaker::poll`] first for an up-to-date answer).
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// Consecutive trips without a clean close.
+    pub fn trips(&self) -> u32 {
+        self.trips
+    }
+
+    /// How long the last open period was (zero if it never opened).
+    pub fn last_open_period(&self) -> Duration {
+        self.last_open
+    }
+
+    /// Trial requests allowed while half-open.
+    pub fn half_open_requests(&self) -> u32 {
+        self.cfg.half_open_requests
+    }
+
+    /// Folds in one request outcome; returns the new state if it changed.
+    pub fn record(&mut self, failure: bool, now: Instant) -> Option<CircuitState> {
+        let polled = self.poll(now);
+        let changed = match self.state {
+            CircuitState::Closed => {
+                self.window.add(failure, now);
+                self.consecutive = if failure { self.consecutive + 1 } else { 0 };
+                let (requests, failures) = self.window.totals(now);
+                let by_rate = requests >= self.cfg.minimum_requests
+                    && f64::from(failures) >= self.cfg.failure_rate * f64::from(requests);
+                if self.consecutive >= self.cfg.consecutive_failures || by_rate {
+                    Some(self.trip(now))
+                } else {
+                    None
+                }
+            }
+            CircuitState::Open { .. } => None,
+            CircuitState::HalfOpen if failure => Some(self.trip(now)),
+            CircuitState::HalfOpen => {
+                self.trial_passes += 1;
+                if self.trial_passes >= self.cfg.half_open_requests {
+                    self.trips = 0;
+                    self.consecutive = 0;
+                    self.window.clear();
+                    self.state = CircuitState::Closed;
+                    Some(self.state)
+                } else {
+                    None
+                }
+            }
+        };
+        changed.or(polled)
+    }
+
+    /// Moves open → half-open once the open period is over; returns the new state if it changed.
+    pub fn poll(&mut self, now: Instant) -> Option<CircuitState> {
+        match self.state {
+            CircuitState::Open { until } if now >= until => Some(self.half_open()),
+            _ => None,
+        }
+    }
+
+    /// The active probes brought the backend back: an open breaker need not wait out its period.
+    pub fn probes_recovered(&mut self) -> Option<CircuitState> {
+        match self.state {
+            CircuitState::Open { .. } => Some(self.half_open()),
+            _ => None,
+        }
+    }
+
+    fn half_open(&mut self) -> CircuitState {
+        self.trial_passes = 0;
+        self.state = CircuitState::HalfOpen;
+        self.state
+    }
+
+    fn trip(&mut self, now: Instant) -> CircuitState {
+        self.trips += 1;
+        let doublings = (self.trips - 1).min(30);
+        let period = self
+            .cfg
+            .open_base
+            .checked_mul(1 << doublings)
+            .unwrap_or(self.cfg.open_max)
+            .min(self.cfg.open_max);
+        self.last_open = period;
+        self.consecutive = 0;
+        self.state = CircuitState::Open {
+            until: now + period,
+        };
+        self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CircuitBreaker {
+        CircuitBreaker {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            minimum_requests: 20,
+            window: Duration::from_secs(10),
+            open_base: Duration::from_secs(1),
+            open_max: Duration::from_secs(60),
+            half_open_requests: 3,
+            max_ejection_percent: 50,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn trips_on_consecutive_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for i in 0..4 {
+            assert_eq!(b.record(true, t0 + ms(i)), None);
+        }
+        assert_eq!(
+            b.record(false, t0 + ms(5)),
+            None,
+            "a success resets the streak"
+        );
+        for i in 0..4 {
+            assert_eq!(b.record(true, t0 + ms(10 + i)), None);
+        }
+        let opened = b.record(true, t0 + ms(20));
+        assert_eq!(
+            opened,
+            Some(CircuitState::Open {
+                until: t0 + ms(20) + Duration::from_secs(1)
+            })
+        );
+        assert_eq!(b.trips(), 1);
+    }
+
+    #[test]
+    fn trips_on_failure_rate_with_enough_volume() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        // Alternating failure and success: never 5 in a row, but a 50% rate.
+        let mut opened = None;
+        for i in 0..20u64 {
+            let r = b.record(i % 2 == 0, t0 + ms(i * 100));
+            if r.is_some() {
+                opened = Some(i);
+                break;
+            }
+        }
+        assert_eq!(
+            opened,
+            Some(19),
+            "trips on the 20th request, the minimum volume"
+        );
+    }
+
+    #[test]
+    fn a_rate_below_the_minimum_volume_does_not_trip() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for i in 0..19u64 {
+            assert_eq!(b.record(i % 2 == 0, t0 + ms(i * 100)), None);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        // 19 requests, 10 of them failures (never 5 in a row): one short of the minimum volume.
+        for i in 0..19u64 {
+            assert_eq!(b.record(i % 2 == 0, t0 + ms(i)), None);
+        }
+        // Had they stayed in the window, this 20th failure would trip at 11 of 20.
+        assert_eq!(b.record(true, t0 + Duration::from_secs(11)), None);
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn opens_then_half_opens_on_time_and_closes_after_all_trials_pass() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for _ in 0..5 {
+            b.record(true, t0);
+        }
+        assert_eq!(b.poll(t0 + ms(999)), None);
+        // Outcomes of requests already in flight do not move an open breaker.
+        assert_eq!(b.record(false, t0 + ms(500)), None);
+        assert_eq!(b.poll(t0 + ms(1000)), Some(CircuitState::HalfOpen));
+        assert_eq!(b.record(false, t0 + ms(1001)), None);
+        assert_eq!(b.record(false, t0 + ms(1002)), None);
+        assert_eq!(b.record(false, t0 + ms(1003)), Some(CircuitState::Closed));
+        assert_eq!(b.trips(), 0);
+    }
+
+    #[test]
+    fn a_half_open_failure_reopens_for_longer_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for _ in 0..5 {
+            b.record(true, t0);
+        }
+        let mut periods = vec![b.last_open_period()];
+        for _ in 0..8 {
+            let CircuitState::Open { until } = b.state() else {
+                panic!()
+            };
+            assert_eq!(b.poll(until), Some(CircuitState::HalfOpen));
+            let reopened = b.record(true, until);
+            assert!(matches!(reopened, Some(CircuitState::Open { .. })));
+            periods.push(b.last_open_period());
+        }
+        let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.trips(), 9);
+    }
+
+    #[test]
+    fn passing_probes_half_open_an_open_breaker_early() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for _ in 0..5 {
+            b.record(true, t0);
+        }
+        assert_eq!(b.probes_recovered(), Some(CircuitState::HalfOpen));
+        assert_eq!(b.probes_recovered(), None);
+    }
+}
