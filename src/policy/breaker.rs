@@ -8,8 +8,12 @@
 //! - **Open → half-open** on time ([`Breaker::poll`], which the actor calls from a timer, so an
 //!   all-open pool recovers without waiting for a request), or early when the active probes bring
 //!   the backend back ([`Breaker::probes_recovered`]).
-//! - **Half-open**: `half_open_requests` trial requests; all must pass to close (which resets
-//!   `trips`); one failure reopens with the next, longer period.
+//! - **Half-open**: `half_open_requests` trial requests; all must pass to close; one failure
+//!   reopens with the next, longer period.
+//! - **A clean close** is one that lasts: `trips` starts over only when the breaker trips again
+//!   after staying closed for at least its last open period. A flapping backend, which passes its
+//!   trials while up and fails again soon after, so keeps doubling its open period and gets ever
+//!   less traffic (Envoy's outlier detection treats repeat offenders the same way).
 
 use crate::config::CircuitBreaker;
 use std::time::Duration;
@@ -106,6 +110,8 @@ pub struct Breaker {
     trial_passes: u32,
     /// The length of the last open period.
     last_open: Duration,
+    /// When it last closed after being open.
+    closed_at: Option<Instant>,
 }
 
 impl Breaker {
@@ -119,6 +125,7 @@ impl Breaker {
             trips: 0,
             trial_passes: 0,
             last_open: Duration::ZERO,
+            closed_at: None,
         }
     }
 
@@ -127,7 +134,7 @@ impl Breaker {
         self.state
     }
 
-    /// Consecutive trips without a clean close.
+    /// Consecutive trips without a clean close (one that lasted a full open period).
     pub fn trips(&self) -> u32 {
         self.trips
     }
@@ -163,7 +170,7 @@ impl Breaker {
             CircuitState::HalfOpen => {
                 self.trial_passes += 1;
                 if self.trial_passes >= self.cfg.half_open_requests {
-                    self.trips = 0;
+                    self.closed_at = Some(now);
                     self.consecutive = 0;
                     self.window.clear();
                     self.state = CircuitState::Closed;
@@ -199,6 +206,13 @@ impl Breaker {
     }
 
     fn trip(&mut self, now: Instant) -> CircuitState {
+        if self
+            .closed_at
+            .is_some_and(|c| now.saturating_duration_since(c) >= self.last_open)
+        {
+            self.trips = 0;
+        }
+        self.closed_at = None;
         self.trips += 1;
         let doublings = (self.trips - 1).min(30);
         let period = self
@@ -319,7 +333,53 @@ mod tests {
         assert_eq!(b.record(false, t0 + ms(1001)), None);
         assert_eq!(b.record(false, t0 + ms(1002)), None);
         assert_eq!(b.record(false, t0 + ms(1003)), Some(CircuitState::Closed));
-        assert_eq!(b.trips(), 0);
+    }
+
+    fn trip_now(b: &mut Breaker, now: Instant) {
+        for _ in 0..5 {
+            b.record(true, now);
+        }
+        assert!(matches!(b.state(), CircuitState::Open { .. }));
+    }
+
+    fn close_now(b: &mut Breaker, now: Instant) {
+        b.probes_recovered();
+        for _ in 0..3 {
+            b.record(false, now);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_flapping_backend_keeps_doubling_its_open_period() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        trip_now(&mut b, t0);
+        // Up long enough to pass its trials, down again before a full open period has passed.
+        let mut now = t0;
+        for expected in [2, 4, 8] {
+            now += Duration::from_secs(1);
+            close_now(&mut b, now);
+            now += ms(500);
+            trip_now(&mut b, now);
+            assert_eq!(b.last_open_period().as_secs(), expected);
+        }
+        assert_eq!(b.trips(), 4);
+    }
+
+    #[test]
+    fn a_close_that_lasts_starts_the_count_over() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        trip_now(&mut b, t0);
+        close_now(&mut b, t0 + ms(1000));
+        trip_now(&mut b, t0 + ms(1500));
+        assert_eq!(b.last_open_period().as_secs(), 2);
+        close_now(&mut b, t0 + ms(4000));
+        // Closed for 2 s, the last open period: a clean close.
+        trip_now(&mut b, t0 + ms(6000));
+        assert_eq!(b.trips(), 1);
+        assert_eq!(b.last_open_period().as_secs(), 1);
     }
 
     #[test]

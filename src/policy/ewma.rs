@@ -3,6 +3,11 @@
 //! pulls the estimate down with weight `1 - exp(-elapsed / decay)` (a backend that got faster is
 //! believed gradually). A failed request is recorded by the caller as a penalty latency, never as
 //! fast.
+//!
+//! Read at a later instant ([`PeakEwma::get_at`], [`decayed`]), the estimate decays toward zero
+//! with the same time constant, as tower's does: a backend that was slow once and then got no
+//! traffic becomes worth trying again, so its estimate can be refreshed instead of shunning it
+//! forever.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,10 +43,30 @@ impl PeakEwma {
         }
     }
 
-    /// The estimate in seconds.
+    /// The estimate in seconds as of the last sample.
     pub fn get(&self) -> f64 {
         self.estimate
     }
+
+    /// When the last sample was folded in.
+    pub fn stamp(&self) -> Instant {
+        self.stamp
+    }
+
+    /// The estimate read at `now`: decayed toward zero since the last sample.
+    pub fn get_at(&self, now: Instant) -> f64 {
+        decayed(
+            self.estimate,
+            now.saturating_duration_since(self.stamp),
+            self.decay,
+        )
+    }
+}
+
+/// An estimate `elapsed` after its last sample, decayed toward zero with time constant `decay`
+/// (seconds).
+pub fn decayed(estimate: f64, elapsed: Duration, decay: f64) -> f64 {
+    estimate * (-elapsed.as_secs_f64() / decay.max(1e-9)).exp()
 }
 
 #[cfg(test)]
@@ -58,6 +83,16 @@ mod tests {
         let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
         e.observe(ms(500), t0 + ms(1));
         assert!((e.get() - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_toward_zero_when_read() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(ms(100), Duration::from_secs(10), t0);
+        assert_eq!(e.get_at(t0), 0.1);
+        let later = e.get_at(t0 + Duration::from_secs(10));
+        assert!((later - 0.1 * (-1.0f64).exp()).abs() < 1e-9, "{later}");
+        assert_eq!(e.get(), 0.1, "reading does not change the estimate");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! What a pick may choose: a backend whose actor runs and whose probes pass; not one whose
 //! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one whose
 //! breaker is half-open only for its `half_open_requests` trial requests. `adaptive` and
-//! `p2c_ewma` see dynamic weights ([`crate::policy::weight`]) and effective latencies; the other
-//! algorithms see static weights scaled by slow start.
+//! `p2c_ewma` see dynamic weights ([`crate::policy::weight`]) and effective latencies divided by
+//! the slow-start factor (a returning backend's estimate restarts at the pool's mean and decays
+//! while idle, so without that it would win every duel and skip its ramp); the other algorithms
+//! see static weights scaled by slow start.
 //!
 //! Probes: every `health.interval` for a backend whose last probe passed and is in rotation;
 //! after a failed probe, `backoff_base × 2^n` (±20% jitter, capped at `backoff_max`) for the
@@ -91,6 +93,8 @@ pub struct BackendStatus {
     pub open_until_seconds: Option<f64>,
     /// Consecutive trips without a clean close.
     pub consecutive_trips: u32,
+    /// Times the breaker opened since the start.
+    pub circuit_opens: u64,
     /// Length of the breaker's last open period, seconds.
     pub open_period_seconds: f64,
     /// Consecutive failed probes.
@@ -139,6 +143,8 @@ struct Slot {
     opened_at: Option<Instant>,
     /// Trial requests handed out since its breaker turned half-open.
     trial_picks: u32,
+    /// Times its breaker opened since the start (across actor restarts).
+    opens: u64,
     backoff: Backoff,
     restarts: u32,
 }
@@ -158,18 +164,6 @@ impl std::fmt::Debug for PoolState {
             .field("upstream", &self.upstream.name)
             .field("backends", &self.slots.len())
             .finish()
-    }
-}
-
-fn fresh_view(healthy: bool, latency: Duration) -> BackendView {
-    BackendView {
-        healthy,
-        circuit: CircuitState::Closed,
-        trips: 0,
-        open_period: Duration::ZERO,
-        latency: latency.as_secs_f64(),
-        success_rate: 1.0,
-        slow_start_since: None,
     }
 }
 
@@ -202,9 +196,10 @@ impl Actor for PoolActor {
                 )),
                 static_weight: b.weight,
                 actor: None,
-                view: fresh_view(true, DEFAULT_LATENCY),
+                view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, epoch),
                 opened_at: None,
                 trial_picks: 0,
+                opens: 0,
                 backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
                 restarts: 0,
             });
@@ -340,7 +335,12 @@ impl PoolState {
         let slot = &mut self.slots[i];
         slot.actor = Some(actor);
         // A new actor has a fresh breaker: the pool's view starts over with it.
-        slot.view = fresh_view(healthy, initial);
+        slot.view = BackendView::fresh(
+            healthy,
+            initial,
+            self.upstream.adaptive.ewma_decay,
+            Instant::now(),
+        );
         slot.opened_at = None;
         Ok(())
     }
@@ -353,6 +353,7 @@ impl PoolState {
         match (before, view.circuit) {
             (CircuitState::Open { .. }, CircuitState::Open { .. }) => {}
             (_, CircuitState::Open { .. }) => {
+                slot.opens += 1;
                 // A reopening from half-open keeps its place in the ejection order.
                 if slot.opened_at.is_none() || before == CircuitState::Closed {
                     slot.opened_at = Some(now);
@@ -414,7 +415,10 @@ impl PoolState {
 
     fn effective_latency(&self, i: usize, now: Instant) -> f64 {
         let s = &self.slots[i];
-        effective_latency(s.view.latency, s.shared.silent_for(now).as_secs_f64())
+        effective_latency(
+            s.view.latency_at(now),
+            s.shared.silent_for(now).as_secs_f64(),
+        )
     }
 
     /// The weight the upstream's algorithm uses for slot `i`; `best` is the lowest effective
@@ -461,11 +465,16 @@ impl PoolState {
         for i in 0..self.slots.len() {
             if eligible(self, i) {
                 let s = &self.slots[i];
+                let ramp = slow_start::ramp(
+                    s.view.slow_start_since,
+                    self.upstream.adaptive.slow_start,
+                    now,
+                );
                 candidates.push(Candidate {
                     id: s.shared.id,
                     weight: self.weight(i, best, now),
                     inflight: s.shared.inflight(),
-                    latency: self.effective_latency(i, now),
+                    latency: self.effective_latency(i, now) / ramp,
                 });
             }
         }
@@ -554,7 +563,7 @@ impl PoolState {
                         } else {
                             0.0
                         },
-                        ewma_latency_seconds: s.view.latency,
+                        ewma_latency_seconds: s.view.latency_at(now),
                         success_rate: s.view.success_rate,
                         inflight: s.shared.inflight(),
                         healthy: in_rotation,
@@ -567,6 +576,7 @@ impl PoolState {
                             _ => None,
                         },
                         consecutive_trips: s.view.trips,
+                        circuit_opens: s.opens,
                         open_period_seconds: s.view.open_period.as_secs_f64(),
                         probe_failures: s.backoff.failures(),
                         probe_backoff_seconds: s.backoff.nominal().as_secs_f64(),

@@ -8,7 +8,7 @@ use super::actor::PoolMsg;
 use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
-use crate::policy::ewma::PeakEwma;
+use crate::policy::ewma::{decayed, PeakEwma};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
@@ -71,12 +71,43 @@ pub struct BackendView {
     pub trips: u32,
     /// The last open period of the breaker.
     pub open_period: Duration,
-    /// Peak EWMA of latency, seconds.
+    /// Peak EWMA of latency, seconds, as of `latency_stamp`; read it through
+    /// [`BackendView::latency_at`], which decays it toward zero since then.
     pub latency: f64,
+    /// When `latency` was last sampled.
+    pub latency_stamp: Instant,
+    /// The EWMA's time constant, seconds.
+    pub latency_decay: f64,
     /// Decaying success ratio.
     pub success_rate: f64,
     /// When the slow-start ramp in progress began.
     pub slow_start_since: Option<Instant>,
+}
+
+impl BackendView {
+    /// A backend nothing is known of yet: closed, presumed at `latency`.
+    pub(crate) fn fresh(healthy: bool, latency: Duration, decay: Duration, now: Instant) -> Self {
+        BackendView {
+            healthy,
+            circuit: CircuitState::Closed,
+            trips: 0,
+            open_period: Duration::ZERO,
+            latency: latency.as_secs_f64(),
+            latency_stamp: now,
+            latency_decay: decay.as_secs_f64(),
+            success_rate: 1.0,
+            slow_start_since: None,
+        }
+    }
+
+    /// The latency estimate read at `now`.
+    pub fn latency_at(&self, now: Instant) -> f64 {
+        decayed(
+            self.latency,
+            now.saturating_duration_since(self.latency_stamp),
+            self.latency_decay,
+        )
+    }
 }
 
 /// The actor; its state lives in [`BackendState`].
@@ -142,15 +173,12 @@ impl Actor for BackendActor {
             id: args.id,
             authority: args.authority,
             pool: args.pool,
-            reported: BackendView {
-                healthy: args.healthy,
-                circuit: CircuitState::Closed,
-                trips: 0,
-                open_period: Duration::ZERO,
-                latency: args.initial_latency.as_secs_f64(),
-                success_rate: 1.0,
-                slow_start_since: None,
-            },
+            reported: BackendView::fresh(
+                args.healthy,
+                args.initial_latency,
+                up.adaptive.ewma_decay,
+                now,
+            ),
             upstream: args.upstream,
         };
         state.reported = state.view();
@@ -182,7 +210,7 @@ impl Actor for BackendActor {
         if !was_in_rotation && state.in_rotation() {
             state.rejoin(now);
         }
-        state.report();
+        state.report(now);
         Ok(())
     }
 }
@@ -259,13 +287,17 @@ impl BackendState {
             trips: self.breaker.trips(),
             open_period: self.breaker.last_open_period(),
             latency: self.ewma.get(),
+            latency_stamp: self.ewma.stamp(),
+            latency_decay: self.upstream.adaptive.ewma_decay.as_secs_f64(),
             success_rate: self.success.get(),
             slow_start_since: self.slow_start.since(),
         }
     }
 
-    /// Tells the pool the view when a state changed or an estimate moved enough.
-    fn report(&mut self) {
+    /// Tells the pool the view when a state changed or an estimate moved enough from what the
+    /// pool sees (the pool reads the last reported latency decayed to `now`: a steady backend is
+    /// re-reported as that drifts away from its real estimate).
+    fn report(&mut self, now: Instant) {
         let view = self.view();
         let r = &self.reported;
         let moved = |a: f64, b: f64| (a - b).abs() > REPORT_THRESHOLD * b.abs().max(1e-6);
@@ -273,7 +305,7 @@ impl BackendState {
             || view.circuit != r.circuit
             || view.trips != r.trips
             || view.slow_start_since != r.slow_start_since
-            || moved(view.latency, r.latency)
+            || moved(view.latency_at(now), r.latency_at(now))
             || moved(view.success_rate, r.success_rate);
         if changed {
             self.reported = view;

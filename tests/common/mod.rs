@@ -136,3 +136,119 @@ pub async fn spread(
     }
     counts
 }
+
+/// One request of a paced run.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When it was scheduled, from the start of the run.
+    pub sent: Duration,
+    /// Its status; 0 if the connection to fulcrum failed.
+    pub status: u16,
+    /// The backend that answered (`x-backend`).
+    pub backend: Option<String>,
+    /// From its scheduled send time to the whole answer.
+    pub took: Duration,
+}
+
+/// Sends `rate` GETs a second for `duration`, each on its own schedule (a slow answer does not
+/// delay the next request), and returns them in schedule order. Bounded: `rate × duration`
+/// requests, each given at most [`PATIENCE`].
+pub async fn paced(addr: SocketAddr, rate: u32, duration: Duration) -> Vec<Record> {
+    let c = client();
+    let n = (f64::from(rate) * duration.as_secs_f64()).round() as u32;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    for k in 0..n {
+        let at = start + period * k;
+        tokio::time::sleep_until(at).await;
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let answer = tokio::time::timeout(PATIENCE, async {
+                let resp = c.request(req).await.ok()?;
+                Some(collect(resp).await)
+            })
+            .await
+            .ok()
+            .flatten();
+            Record {
+                sent: at - start,
+                status: answer.as_ref().map_or(0, |a| a.status.as_u16()),
+                backend: answer.and_then(|a| a.backend),
+                took: at.elapsed(),
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Requests answered by `backend` among `records`.
+pub fn served_by(records: &[Record], backend: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r.backend.as_deref() == Some(backend))
+        .count()
+}
+
+/// The tables of an upstream tuned for tests: every timescale short, so a fault plays out in a
+/// second or two. Each field is the whole body of its table.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub algorithm: &'static str,
+    pub health: String,
+    pub breaker: String,
+    pub adaptive: String,
+    pub timeouts: String,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            algorithm: "adaptive",
+            health: "interval = \"100ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\n\
+                     unhealthy_threshold = 2\nbackoff_base = \"50ms\"\nbackoff_max = \"400ms\"\n"
+                .into(),
+            breaker: "consecutive_failures = 5\nfailure_rate = 0.5\nminimum_requests = 20\n\
+                      window = \"2s\"\nopen_base = \"500ms\"\nopen_max = \"5s\"\n\
+                      half_open_requests = 3\n"
+                .into(),
+            adaptive: "ewma_decay = \"1s\"\nslow_start = \"1s\"\nmin_weight_ratio = 0.05\n".into(),
+            timeouts: "connect = \"200ms\"\nresponse = \"1s\"\n".into(),
+        }
+    }
+}
+
+/// One upstream `web` over `backends`, tuned by `t`.
+pub fn tuned(backends: &[Backend], t: &Tuning) -> Config {
+    config(&format!(
+        "[[upstreams]]\nname = \"web\"\nalgorithm = \"{}\"\n{}\
+         [upstreams.health]\n{}[upstreams.circuit_breaker]\n{}\
+         [upstreams.adaptive]\n{}[upstreams.timeouts]\n{}",
+        t.algorithm,
+        backend_tables(backends, &[]),
+        t.health,
+        t.breaker,
+        t.adaptive,
+        t.timeouts
+    ))
+}
+
+/// The pool's view of upstream `web`, asked of its actor.
+pub async fn pool_status(server: &Server) -> fulcrum::pool::UpstreamStatus {
+    let pool = server.pool("web").expect("upstream web");
+    match pool
+        .call(fulcrum::pool::PoolMsg::Status, Some(PATIENCE))
+        .await
+        .expect("pool answers")
+    {
+        ractor::rpc::CallResult::Success(s) => s,
+        other => panic!("no status: {other:?}"),
+    }
+}
