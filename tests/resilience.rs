@@ -229,3 +229,42 @@ async fn all_down_is_an_immediate_503_and_traffic_returns_after() {
         .all(|r| r.status == 200));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn tcp_probes_only_connect() {
+    let bs = backends(1).await;
+    bs[0].set_health_fault(Fault::errors(1.0, 503));
+    // The same backend behind two upstreams: one probes over HTTP, one by connecting.
+    let up = |name: &str, host: &str, kind: &str| {
+        format!(
+            "[[upstreams]]\nname = \"{name}\"\nhosts = [\"{host}\"]\n{}\
+             [upstreams.health]\nkind = \"{kind}\"\ninterval = \"50ms\"\nbackoff_base = \"50ms\"\n\
+             unhealthy_threshold = 2\n",
+            backend_tables(&bs, &[])
+        )
+    };
+    let cfg = config(
+        &[
+            up("web", "tcp.test", "tcp"),
+            up("http", "http.test", "http"),
+        ]
+        .concat(),
+    );
+    let server = start(&cfg).await;
+    // Four HTTP probes seen: the http upstream has taken it out, and the tcp upstream has probed
+    // as often, without a single request.
+    tokio::time::timeout(PATIENCE, bs[0].wait_health_requests(4))
+        .await
+        .unwrap();
+    let c = client();
+    let tcp = get(&c, server.proxy_addr(), "/", Some("tcp.test")).await;
+    let http = get(&c, server.proxy_addr(), "/", Some("http.test")).await;
+    assert_eq!(tcp.status, 200);
+    assert_eq!(http.status, 503);
+    let s = pool_status(&server).await;
+    assert!(
+        s.backends[0].healthy && s.backends[0].probe_failures == 0,
+        "{s:#?}"
+    );
+    server.shutdown().await;
+}

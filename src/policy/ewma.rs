@@ -63,6 +63,14 @@ impl PeakEwma {
     }
 }
 
+/// The sample a failed request counts as: what it took, but at least twice the current estimate
+/// (so repeated failures grow the estimate exponentially and a backend failing fast never looks
+/// fast), and no more than `cap` (the response timeout) unless it really took longer.
+pub fn failure_sample(took: Duration, estimate: f64, cap: Duration) -> Duration {
+    let doubled = Duration::from_secs_f64((estimate * 2.0).clamp(0.0, cap.as_secs_f64()));
+    took.max(doubled)
+}
+
 /// An estimate `elapsed` after its last sample, decayed toward zero with time constant `decay`
 /// (seconds).
 pub fn decayed(estimate: f64, elapsed: Duration, decay: f64) -> f64 {
@@ -83,6 +91,28 @@ mod tests {
         let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
         e.observe(ms(500), t0 + ms(1));
         assert!((e.get() - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_failure_never_counts_as_fast() {
+        let cap = Duration::from_secs(15);
+        // Failing in 1 ms while the estimate is 10 ms counts as 20 ms.
+        assert_eq!(failure_sample(ms(1), 0.010, cap), ms(20));
+        // A slow failure counts as what it took.
+        assert_eq!(failure_sample(ms(900), 0.010, cap), ms(900));
+        // Doubling stops at the cap; a timeout that overran it counts in full.
+        assert_eq!(failure_sample(ms(1), 10.0, cap), cap);
+        assert_eq!(
+            failure_sample(Duration::from_secs(16), 10.0, cap),
+            Duration::from_secs(16)
+        );
+        // Fed back, repeated failures grow the estimate exponentially.
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        for i in 1..=5 {
+            e.observe(failure_sample(ms(1), e.get(), cap), t0 + ms(i));
+        }
+        assert!((e.get() - 0.32).abs() < 1e-9, "{}", e.get());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::actor::PoolMsg;
 use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
-use crate::policy::ewma::{decayed, PeakEwma};
+use crate::policy::ewma::{decayed, failure_sample, PeakEwma};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
@@ -311,5 +311,100 @@ impl BackendState {
             self.reported = view;
             let _ = self.pool.cast(PoolMsg::View { id: self.id, view });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use ractor::RpcReplyPort;
+    use tokio::sync::mpsc;
+
+    /// Stands in for the pool: forwards every view it is told.
+    struct Listener;
+
+    impl Actor for Listener {
+        type Msg = PoolMsg;
+        type State = mpsc::UnboundedSender<BackendView>;
+        type Arguments = mpsc::UnboundedSender<BackendView>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<PoolMsg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<PoolMsg>,
+            msg: PoolMsg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {
+                PoolMsg::View { view, .. } => {
+                    let _ = tx.send(view);
+                }
+                PoolMsg::Status(reply) => drop::<RpcReplyPort<_>>(reply),
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    fn upstream() -> Arc<Upstream> {
+        let config = Config::from_toml(
+            "[[upstreams]]\nname = \"u\"\n[[upstreams.backends]]\naddress = \"127.0.0.1:1\"\n\
+             [upstreams.circuit_breaker]\nconsecutive_failures = 3\nopen_base = \"2s\"\n",
+        )
+        .unwrap();
+        Arc::new(config.upstreams[0].clone())
+    }
+
+    /// The next reported circuit state other than `skip`.
+    async fn next_circuit(
+        rx: &mut mpsc::UnboundedReceiver<BackendView>,
+        skip: fn(CircuitState) -> bool,
+    ) -> CircuitState {
+        loop {
+            let view = rx.recv().await.expect("the actor reports");
+            if !skip(view.circuit) {
+                return view.circuit;
+            }
+        }
+    }
+
+    /// No request arrives after the trip: the actor's own timer turns the breaker half-open.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_turns_half_open_on_time_without_traffic() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
+        let args = BackendArgs {
+            id: 0,
+            upstream: upstream(),
+            authority: Arc::from("127.0.0.1:1"),
+            pool: pool.clone(),
+            initial_latency: Duration::from_millis(10),
+            healthy: true,
+        };
+        let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
+        let failure = Outcome {
+            kind: OutcomeKind::Connect,
+            latency: Duration::from_millis(1),
+        };
+        for _ in 0..3 {
+            backend.cast(BackendMsg::Outcome(failure)).unwrap();
+        }
+        let opened_at = Instant::now();
+        let state = next_circuit(&mut rx, |c| c == CircuitState::Closed).await;
+        assert!(matches!(state, CircuitState::Open { .. }), "{state:?}");
+        // Paused time jumps to the timer: half-open exactly one open period later.
+        let state = next_circuit(&mut rx, |c| matches!(c, CircuitState::Open { .. })).await;
+        assert_eq!(state, CircuitState::HalfOpen);
+        assert_eq!(Instant::now() - opened_at, Duration::from_secs(2));
+        backend.stop(None);
+        pool.stop(None);
     }
 }
