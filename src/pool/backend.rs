@@ -225,12 +225,7 @@ impl BackendState {
     fn fold_outcome(&mut self, o: Outcome, now: Instant) -> Option<CircuitState> {
         let failed = o.kind.is_failure();
         let sample = if failed {
-            // A failure never looks fast: at least twice the current estimate (so repeated
-            // failures grow it exponentially), at most the response timeout.
-            let doubled = Duration::from_secs_f64(self.ewma.get() * 2.0);
-            o.latency
-                .max(doubled)
-                .min(self.upstream.timeouts.response.max(o.latency))
+            failure_sample(o.latency, self.ewma.get(), self.upstream.timeouts.response)
         } else {
             o.latency
         };
