@@ -234,17 +234,9 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    /// The documented defaults: 5 in a row, 50% of 20 in 10 s, open 1 s doubling to 60 s, 3 trials.
     fn cfg() -> CircuitBreaker {
-        CircuitBreaker {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            minimum_requests: 20,
-            window: Duration::from_secs(10),
-            open_base: Duration::from_secs(1),
-            open_max: Duration::from_secs(60),
-            half_open_requests: 3,
-            max_ejection_percent: 50,
-        }
+        CircuitBreaker::default()
     }
 
     fn ms(n: u64) -> Duration {
