@@ -22,6 +22,7 @@ async fn pick(pool: &ActorRef<PoolMsg>) -> Lease {
             |reply| PoolMsg::Pick {
                 key: 0,
                 exclude: Vec::new(),
+                retry: None,
                 reply,
             },
             Some(PATIENCE),

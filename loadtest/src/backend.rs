@@ -5,7 +5,7 @@
 //! Paths: `/health` (200 `ok`), `/echo` (JSON of the request as received: method, URI,
 //! headers), `/sink` (reads the body, answers its length), `/stream?bytes=N[&chunk=K][&gate=1]`
 //! (N bytes in chunks of K; with `gate=1` the last chunk waits for [`Backend::open_gate`]),
-//! anything else: 200 with `x-backend: <id>` and a small body naming the backend.
+//! `/truncate?bytes=N` (promises N bytes, sends half, then breaks the connection), anything else: 200 with `x-backend: <id>` and a small body naming the backend.
 
 use crate::fault::{Fault, Mode};
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -339,6 +340,10 @@ async fn respond(
                     r
                 }
             },
+            "/truncate" => {
+                let _ = read_body(body, &inner).await;
+                truncated(parts.uri.query().unwrap_or(""))
+            }
             "/stream" => {
                 let _ = read_body(body, &inner).await;
                 stream(parts.uri.query().unwrap_or(""), inner.clone())
@@ -408,16 +413,59 @@ fn echo(parts: &http::request::Parts, id: &str, body_bytes: u64) -> Response<Bac
     r
 }
 
+/// A query parameter as a number.
+fn query_param(query: &str, name: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+}
+
+/// `/truncate?bytes=N`: a 200 promising N bytes (default 1000) that breaks off after half.
+fn truncated(query: &str) -> Response<BackendBody> {
+    let total = query_param(query, "bytes").unwrap_or(1000).max(2);
+    let half = Bytes::from(vec![b't'; (total / 2) as usize]);
+    let pause = Box::pin(tokio::time::sleep(Duration::from_millis(50)));
+    let mut r = Response::new(
+        Truncated {
+            half: Some(half),
+            pause,
+        }
+        .boxed_unsync(),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    r
+}
+
+/// Half a body, a pause (so it is flushed to the client), then an error: hyper aborts the
+/// connection mid-body.
+struct Truncated {
+    half: Option<Bytes>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Truncated {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(half) = self.half.take() {
+            return Poll::Ready(Some(Ok(Frame::data(half))));
+        }
+        std::task::ready!(self.pause.as_mut().poll(cx));
+        Poll::Ready(Some(Err("truncated on purpose".into())))
+    }
+}
+
 /// `/stream?bytes=N&chunk=K&gate=1`: N bytes of `x` in chunks of K (default 64 KiB), produced
 /// as the client takes them.
 fn stream(query: &str, inner: Arc<Inner>) -> Response<BackendBody> {
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    };
+    let param = |name: &str| query_param(query, name);
     let total = param("bytes").unwrap_or(1 << 20);
     let chunk = param("chunk").unwrap_or(64 * 1024).clamp(1, 1 << 20);
     let gated = param("gate") == Some(1);

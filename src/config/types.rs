@@ -32,6 +32,12 @@ pub struct Listen {
     /// How long in-flight requests may run on after SIGTERM/SIGINT. Default `30s`.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
+    /// A client must send a request's whole header within this (slowloris). Default `10s`.
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
+    /// A client keep-alive connection with no request for this long is closed. Default `60s`.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Listen {
@@ -39,6 +45,8 @@ impl Default for Listen {
         Listen {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -292,6 +300,9 @@ pub struct Retry {
     /// Failure kinds that are retried: `connect-failure`, `reset`, `timeout`, or a 5xx status.
     /// Default `["connect-failure", "reset", "timeout", "502", "503", "504"]`.
     pub on: Vec<String>,
+    /// Request bodies up to this many bytes are kept so the request can be retried; a larger
+    /// body turns retries off for that request. Default 65536 (64 KiB).
+    pub replay_body_limit: u64,
 }
 
 impl Default for Retry {
@@ -304,6 +315,7 @@ impl Default for Retry {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            replay_body_limit: 64 * 1024,
         }
     }
 }
@@ -318,9 +330,13 @@ pub struct Timeouts {
     /// From request sent to response headers. Default `15s`.
     #[serde(with = "duration_str")]
     pub response: Duration,
-    /// How long a pooled upstream connection may stay idle. Default `60s`.
+    /// How long a pooled upstream connection may stay idle; keep it below the backends' own
+    /// keep-alive timeout. Default `60s`.
     #[serde(with = "duration_str")]
     pub idle: Duration,
+    /// The whole request, retries included, to response headers. Default `30s`.
+    #[serde(with = "duration_str")]
+    pub request: Duration,
 }
 
 impl Default for Timeouts {
@@ -329,6 +345,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(1),
             response: Duration::from_secs(15),
             idle: Duration::from_secs(60),
+            request: Duration::from_secs(30),
         }
     }
 }

@@ -22,6 +22,11 @@ impl Config {
                 ),
             );
         }
+        errs.positive(
+            "listen.header_read_timeout",
+            self.listen.header_read_timeout,
+        );
+        errs.positive("listen.idle_timeout", self.listen.idle_timeout);
         if self.upstreams.is_empty() {
             errs.push(
                 "upstreams",
@@ -208,6 +213,7 @@ fn validate_upstream(at: &str, up: &Upstream, errs: &mut Errors) {
     errs.positive(&format!("{tat}.connect"), t.connect);
     errs.positive(&format!("{tat}.response"), t.response);
     errs.positive(&format!("{tat}.idle"), t.idle);
+    errs.positive(&format!("{tat}.request"), t.request);
 }
 
 fn validate_backend(at: &str, b: &BackendConfig, seen: &mut HashSet<String>, errs: &mut Errors) {

@@ -15,6 +15,7 @@
 //!   trials while up and fails again soon after, so keeps doubling its open period and gets ever
 //!   less traffic (Envoy's outlier detection treats repeat offenders the same way).
 
+use super::window::Window;
 use crate::config::CircuitBreaker;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,52 +51,6 @@ impl CircuitState {
             CircuitState::Open { .. } => "open",
             CircuitState::HalfOpen => "half_open",
         }
-    }
-}
-
-/// Counts over a sliding window, in ten buckets.
-#[derive(Debug, Clone)]
-struct Window {
-    epoch: Instant,
-    bucket: Duration,
-    /// (bucket number, requests, failures)
-    buckets: [(u64, u32, u32); 10],
-}
-
-impl Window {
-    fn new(window: Duration, now: Instant) -> Window {
-        Window {
-            epoch: now,
-            bucket: (window / 10).max(Duration::from_millis(1)),
-            buckets: [(u64::MAX, 0, 0); 10],
-        }
-    }
-
-    fn index(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.epoch).as_nanos() / self.bucket.as_nanos()) as u64
-    }
-
-    fn add(&mut self, failure: bool, now: Instant) {
-        let i = self.index(now);
-        let slot = &mut self.buckets[(i % 10) as usize];
-        if slot.0 != i {
-            *slot = (i, 0, 0);
-        }
-        slot.1 += 1;
-        slot.2 += u32::from(failure);
-    }
-
-    /// (requests, failures) in the window ending at `now`.
-    fn totals(&self, now: Instant) -> (u32, u32) {
-        let i = self.index(now);
-        self.buckets
-            .iter()
-            .filter(|(b, _, _)| *b != u64::MAX && *b + 10 > i && *b <= i)
-            .fold((0, 0), |(r, f), (_, br, bf)| (r + br, f + bf))
-    }
-
-    fn clear(&mut self) {
-        self.buckets = [(u64::MAX, 0, 0); 10];
     }
 }
 
@@ -154,7 +109,7 @@ impl Breaker {
         let polled = self.poll(now);
         let changed = match self.state {
             CircuitState::Closed => {
-                self.window.add(failure, now);
+                self.window.add(1, u32::from(failure), now);
                 self.consecutive = if failure { self.consecutive + 1 } else { 0 };
                 let (requests, failures) = self.window.totals(now);
                 let by_rate = requests >= self.cfg.minimum_requests

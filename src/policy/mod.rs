@@ -5,9 +5,12 @@
 pub mod backoff;
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod ejection;
 pub mod ewma;
+pub mod retry;
 pub mod rise_fall;
 pub mod slow_start;
 pub mod success;
 pub mod weight;
+pub mod window;

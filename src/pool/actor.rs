@@ -23,6 +23,7 @@ use crate::config::{Algorithm, Upstream};
 use crate::policy::backoff::Backoff;
 use crate::policy::balance::{self, BackendId, Balancer, Candidate};
 use crate::policy::breaker::CircuitState;
+use crate::policy::budget::RetryBudget;
 use crate::policy::ejection;
 use crate::policy::slow_start;
 use crate::policy::weight::{dynamic_weight, effective_latency, WeightInputs};
@@ -43,18 +44,25 @@ pub enum NoBackend {
     /// Every backend is out of rotation (or excluded for this request).
     #[error("no backend available")]
     NoneAvailable,
+    /// A retry was refused: the upstream's retry budget is spent.
+    #[error("retry budget exhausted")]
+    BudgetExhausted,
 }
 
 /// Messages of the pool actor.
 #[derive(Debug)]
 pub enum PoolMsg {
-    /// Choose a backend for one request. `key` is its affinity key (hash of the client IP);
-    /// `exclude` lists backends this request already tried.
+    /// Choose a backend for one try of a request. `key` is its affinity key (hash of the client
+    /// IP); `exclude` lists backends this request already tried; `retry` is the reason when this
+    /// is a retry, which the retry budget must allow.
     Pick {
         key: u64,
         exclude: Vec<BackendId>,
+        retry: Option<&'static str>,
         reply: RpcReplyPort<Result<Lease, NoBackend>>,
     },
+    /// A request could not be retried because its body was too large to keep a copy of.
+    BodyNotReplayable,
     /// A backend actor's view changed.
     View { id: BackendId, view: BackendView },
     /// An active probe finished.
@@ -118,6 +126,12 @@ pub struct UpstreamStatus {
     pub algorithm: &'static str,
     /// Its backends, in config order.
     pub backends: Vec<BackendStatus>,
+    /// Retries made since the start, by the failure that caused them.
+    pub retries: std::collections::BTreeMap<&'static str, u64>,
+    /// Retries the budget refused.
+    pub retries_budget_exhausted: u64,
+    /// Requests whose body was too large to retry.
+    pub retries_off_body_too_large: u64,
 }
 
 /// The actor; its state lives in [`PoolState`].
@@ -156,6 +170,10 @@ pub struct PoolState {
     balancer: Box<dyn Balancer>,
     rng: SmallRng,
     candidates: Vec<Candidate>,
+    budget: RetryBudget,
+    retries: std::collections::BTreeMap<&'static str, u64>,
+    budget_exhausted: u64,
+    body_too_large: u64,
 }
 
 impl std::fmt::Debug for PoolState {
@@ -206,6 +224,10 @@ impl Actor for PoolActor {
         }
         let mut state = PoolState {
             balancer: balance::for_algorithm(up.algorithm),
+            budget: RetryBudget::new(&up.retry, epoch),
+            retries: Default::default(),
+            budget_exhausted: 0,
+            body_too_large: 0,
             candidates: Vec::with_capacity(slots.len()),
             slots,
             rng,
@@ -234,10 +256,12 @@ impl Actor for PoolActor {
             PoolMsg::Pick {
                 key,
                 exclude,
+                retry,
                 reply,
             } => {
-                let _ = reply.send(state.pick(key, &exclude, Instant::now()));
+                let _ = reply.send(state.pick(key, &exclude, retry, Instant::now()));
             }
+            PoolMsg::BodyNotReplayable => state.body_too_large += 1,
             PoolMsg::View { id, view } => state.update_view(id, view, Instant::now()),
             PoolMsg::ProbeResult { id, pass } => state.probe_result(&myself, id, pass),
             PoolMsg::Status(reply) => {
@@ -454,7 +478,13 @@ impl PoolState {
             .fold(f64::INFINITY, f64::min)
     }
 
-    fn pick(&mut self, key: u64, exclude: &[BackendId], now: Instant) -> Result<Lease, NoBackend> {
+    fn pick(
+        &mut self,
+        key: u64,
+        exclude: &[BackendId],
+        retry: Option<&'static str>,
+        now: Instant,
+    ) -> Result<Lease, NoBackend> {
         let ejected = self.ejected(now);
         let eligible = |s: &Self, i: usize| {
             s.in_rotation(i, &ejected) && !exclude.contains(&s.slots[i].shared.id)
@@ -487,6 +517,18 @@ impl PoolState {
         let i = chosen
             .and_then(|id| self.index_of(id))
             .ok_or(NoBackend::NoneAvailable)?;
+        // The budget is asked only once there is somewhere to go: a retry with nowhere to go
+        // spends nothing.
+        match retry {
+            None => self.budget.deposit(now),
+            Some(reason) => {
+                if !self.budget.try_withdraw(now) {
+                    self.budget_exhausted += 1;
+                    return Err(NoBackend::BudgetExhausted);
+                }
+                *self.retries.entry(reason).or_insert(0) += 1;
+            }
+        }
         let slot = &mut self.slots[i];
         let actor = slot.actor.clone().ok_or(NoBackend::NoneAvailable)?;
         if slot.view.circuit == CircuitState::HalfOpen {
@@ -590,6 +632,9 @@ impl PoolState {
                     }
                 })
                 .collect(),
+            retries: self.retries.clone(),
+            retries_budget_exhausted: self.budget_exhausted,
+            retries_off_body_too_large: self.body_too_large,
         }
     }
 }

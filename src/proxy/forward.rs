@@ -38,7 +38,6 @@ impl TryError {
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, ProxyBody>,
-    response_timeout: Duration,
 }
 
 impl Forwarder {
@@ -50,27 +49,30 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(timeouts.idle)
+            .retry_canceled_requests(true)
             // The client's Host header is kept, as nginx's `proxy_set_header Host $host` does.
             .set_host(false)
             .build(connector);
-        Forwarder {
-            client,
-            response_timeout: timeouts.response,
-        }
+        Forwarder { client }
     }
 
-    /// Sends `req` to `authority`, with the path and query it already carries.
+    /// Sends `req` to `authority`, with the path and query it already carries, allowing
+    /// `timeout` for the response headers. A request the client could not write on a reused
+    /// keep-alive connection the backend had just closed is sent again on a fresh one by
+    /// hyper-util (`retry_canceled_requests`): it was never processed, so this is safe for any
+    /// method.
     pub async fn send(
         &self,
         authority: &str,
         mut req: Request<ProxyBody>,
+        timeout: Duration,
     ) -> Result<Response<Incoming>, TryError> {
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let uri: Uri = format!("http://{authority}{path}")
             .parse()
             .map_err(|_| TryError::Connect)?;
         *req.uri_mut() = uri;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(TryError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(TryError::Connect),

@@ -1,20 +1,26 @@
 //! The frontend's request path: route by Host and path, ask the upstream's pool actor for a
 //! backend, rewrite headers, forward with the upstream's pooled client, stream the response back
-//! and report the outcome to the backend's actor. No balancing policy lives here.
+//! and report each try's outcome to the backend's actor. A failed try is retried on a backend not
+//! yet tried when the retry policy allows it and the pool's retry budget has room, within the
+//! request's overall deadline — always before any byte of a response has gone to the client.
+//! No balancing policy lives here.
 
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod replay;
 pub mod route;
 
 use crate::config::Upstream;
-use crate::policy::balance::hash_bytes;
+use crate::policy::balance::{hash_bytes, BackendId};
+use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
 use body::{boxed, text, LeasedBody, ProxyBody};
 use forward::{Forwarder, TryError};
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use ractor::ActorRef;
+use replay::RequestBody;
 use route::Router;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,13 +34,42 @@ const PICK_TIMEOUT: Duration = Duration::from_secs(1);
 struct UpstreamHandle {
     pool: ActorRef<PoolMsg>,
     forwarder: Forwarder,
-    failure_statuses: Vec<u16>,
+    retry: RetryPolicy,
+    replay_limit: u64,
+    response_timeout: Duration,
+    request_timeout: Duration,
 }
 
 /// The request path, shared by every client connection.
 pub struct Proxy {
     router: Router,
     upstreams: Vec<UpstreamHandle>,
+}
+
+/// The request as sent to every try: everything but the body, which [`RequestBody`] provides.
+struct TryTemplate {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl TryTemplate {
+    fn request(&self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// How the last try failed, kept to answer the client if no retry succeeds.
+enum LastFailure {
+    /// No response: the answer is fulcrum's own.
+    Try(TryError),
+    /// The backend answered a failure status: that answer goes to the client as it is.
+    Response(Response<ProxyBody>),
 }
 
 impl Proxy {
@@ -47,13 +82,10 @@ impl Proxy {
             .map(|(u, pool)| UpstreamHandle {
                 pool,
                 forwarder: Forwarder::new(&u.timeouts),
-                failure_statuses: u
-                    .retry
-                    .on
-                    .iter()
-                    .filter_map(|s| s.parse::<u16>().ok())
-                    .filter(|s| (500..=599).contains(s))
-                    .collect(),
+                retry: RetryPolicy::new(&u.retry),
+                replay_limit: u.retry.replay_body_limit,
+                response_timeout: u.timeouts.response,
+                request_timeout: u.timeouts.request,
             })
             .collect();
         Proxy {
@@ -72,58 +104,134 @@ impl Proxy {
             );
         };
         let upstream = &self.upstreams[index];
-        let lease = match pick(&upstream.pool, client).await {
-            Ok(lease) => lease,
-            Err(reason) => return text(StatusCode::SERVICE_UNAVAILABLE, reason),
-        };
-        let req = prepare(req, client, host.as_deref());
-        let started = Instant::now();
-        let result = upstream.forwarder.send(lease.authority(), req).await;
-        let latency = started.elapsed();
-        match result {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let kind = if upstream.failure_statuses.contains(&status) {
-                    OutcomeKind::Status(status)
-                } else {
-                    OutcomeKind::Success
-                };
-                lease.report(Outcome { kind, latency });
-                headers::strip_hop_by_hop(resp.headers_mut());
-                resp.map(|b| boxed(LeasedBody::new(b, lease)))
+        let (template, body) = prepare(req, client, host.as_deref());
+        let mut body =
+            match RequestBody::prepare(body, &template.headers, upstream.replay_limit).await {
+                Ok(b) => b,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "request body ended abruptly"),
+            };
+        let deadline = Instant::now() + upstream.request_timeout;
+        let key = client_key(client);
+        let mut tried: Vec<BackendId> = Vec::new();
+        let mut last: Option<LastFailure> = None;
+        let mut retry_reason: Option<&'static str> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                // The overall deadline bounds retries: answer with what the last try got.
+                return answer_failure(last.or(Some(LastFailure::Try(TryError::Timeout))), "");
             }
-            Err(e) => {
-                lease.report(Outcome {
-                    kind: e.outcome(),
-                    latency,
-                });
-                match e {
-                    TryError::Connect => text(StatusCode::BAD_GATEWAY, "backend connection failed"),
-                    TryError::Reset => text(
-                        StatusCode::BAD_GATEWAY,
-                        "backend closed the connection without a response",
-                    ),
-                    TryError::Timeout => text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "backend did not answer in time",
-                    ),
+            let lease = match pick(&upstream.pool, key, &tried, retry_reason).await {
+                Ok(lease) => lease,
+                Err(reason) => return answer_failure(last, reason),
+            };
+            let Some(try_body) = body.for_try() else {
+                // A one-shot body went with an earlier try; `may_retry` prevents getting here.
+                return answer_failure(last, "request body cannot be sent again");
+            };
+            tried.push(lease.id());
+            let started = Instant::now();
+            let result = upstream
+                .forwarder
+                .send(
+                    lease.authority(),
+                    template.request(try_body),
+                    upstream.response_timeout.min(remaining),
+                )
+                .await;
+            let latency = started.elapsed();
+            let failure = match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let failed = upstream.retry.is_failure_status(status);
+                    lease.report(Outcome {
+                        kind: if failed {
+                            OutcomeKind::Status(status)
+                        } else {
+                            OutcomeKind::Success
+                        },
+                        latency,
+                    });
+                    headers::strip_hop_by_hop(resp.headers_mut());
+                    let resp = resp.map(|b| boxed(LeasedBody::new(b, lease)));
+                    if !failed {
+                        return resp;
+                    }
+                    last = Some(LastFailure::Response(resp));
+                    Failure::Status(status)
                 }
+                Err(e) => {
+                    lease.report(Outcome {
+                        kind: e.outcome(),
+                        latency,
+                    });
+                    last = Some(LastFailure::Try(e));
+                    match e {
+                        TryError::Connect => Failure::Connect,
+                        TryError::Reset => Failure::Reset,
+                        TryError::Timeout => Failure::Timeout,
+                    }
+                }
+            };
+            if tried.len() > upstream.retry.attempts() as usize {
+                return answer_failure(last, "");
+            }
+            match upstream
+                .retry
+                .may_retry(failure, &template.method, body.replayable())
+            {
+                Ok(()) => retry_reason = Some(failure.reason()),
+                Err(NoRetry::BodyNotReplayable) => {
+                    let _ = upstream.pool.cast(PoolMsg::BodyNotReplayable);
+                    return answer_failure(last, "");
+                }
+                Err(_) => return answer_failure(last, ""),
             }
         }
     }
 }
 
-/// Asks the pool actor for a backend; the reason is for the client when there is none.
-async fn pick(pool: &ActorRef<PoolMsg>, client: SocketAddr) -> Result<Lease, &'static str> {
-    let key = match client.ip() {
+/// The client's answer when no try succeeded: the backend's own failure response if there was
+/// one, else fulcrum's short answer for the last failure, else 503 with `reason`.
+fn answer_failure(last: Option<LastFailure>, reason: &str) -> Response<ProxyBody> {
+    match last {
+        Some(LastFailure::Response(resp)) => resp,
+        Some(LastFailure::Try(TryError::Connect)) => {
+            text(StatusCode::BAD_GATEWAY, "backend connection failed")
+        }
+        Some(LastFailure::Try(TryError::Reset)) => text(
+            StatusCode::BAD_GATEWAY,
+            "backend closed the connection without a response",
+        ),
+        Some(LastFailure::Try(TryError::Timeout)) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "backend did not answer in time",
+        ),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// The affinity key of a client: a hash of its IP.
+fn client_key(client: SocketAddr) -> u64 {
+    match client.ip() {
         std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
         std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
-    };
+    }
+}
+
+/// Asks the pool actor for a backend; the reason is for the client when there is none.
+async fn pick(
+    pool: &ActorRef<PoolMsg>,
+    key: u64,
+    tried: &[BackendId],
+    retry: Option<&'static str>,
+) -> Result<Lease, &'static str> {
     let answer = pool
         .call(
             |reply| PoolMsg::Pick {
                 key,
-                exclude: Vec::new(),
+                exclude: tried.to_vec(),
+                retry,
                 reply,
             },
             Some(PICK_TIMEOUT),
@@ -133,6 +241,9 @@ async fn pick(pool: &ActorRef<PoolMsg>, client: SocketAddr) -> Result<Lease, &'s
         Ok(ractor::rpc::CallResult::Success(Ok(lease))) => Ok(lease),
         Ok(ractor::rpc::CallResult::Success(Err(NoBackend::NoneAvailable))) => {
             Err("no backend available")
+        }
+        Ok(ractor::rpc::CallResult::Success(Err(NoBackend::BudgetExhausted))) => {
+            Err("retry budget exhausted")
         }
         _ => Err("upstream pool not answering"),
     }
@@ -147,9 +258,13 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
 }
 
-/// Rewrites a client request into the request sent to the backend (HTTP/1.1, hop-by-hop
-/// headers dropped, forwarding headers set, the client's Host kept); the body streams as is.
-fn prepare(req: Request<Incoming>, client: SocketAddr, host: Option<&str>) -> Request<ProxyBody> {
+/// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped,
+/// forwarding headers set, the client's Host kept), and hands back its body.
+fn prepare(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    host: Option<&str>,
+) -> (TryTemplate, Incoming) {
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(&mut parts.headers, client.ip(), "http", host);
@@ -157,6 +272,10 @@ fn prepare(req: Request<Incoming>, client: SocketAddr, host: Option<&str>) -> Re
         // HTTP/2 clients send :authority, not Host; an HTTP/1.1 backend needs Host.
         parts.headers.insert(header::HOST, h);
     }
-    parts.version = Version::HTTP_11;
-    Request::from_parts(parts, boxed(body))
+    let template = TryTemplate {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+    (template, body)
 }

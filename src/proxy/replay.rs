@@ -1,0 +1,106 @@
+//! Request bodies and retries: a body of at most `retry.replay_body_limit` bytes is read ahead
+//! and kept, so every try can send it again; a larger one (by `Content-Length`, or found larger
+//! while reading ahead) streams through once, what was read ahead first, and its request is not
+//! retried. Bodies are never buffered beyond the limit.
+
+use super::body::{boxed, ProxyBody};
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A request body, as far as retries are concerned.
+pub enum RequestBody {
+    /// Small enough: kept whole, sent again on every try.
+    Replayable(Bytes),
+    /// Too large: streamed once; `None` after the first try took it.
+    OneShot(Option<PrefixedBody>),
+}
+
+impl RequestBody {
+    /// Reads ahead up to `limit` bytes of `body`. Fails only when the client's body breaks.
+    pub async fn prepare(
+        mut body: Incoming,
+        headers: &HeaderMap,
+        limit: u64,
+    ) -> Result<RequestBody, hyper::Error> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Replayable(Bytes::new()));
+        }
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(RequestBody::one_shot(Bytes::new(), body));
+        }
+        let mut kept = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                kept.extend_from_slice(&data);
+                if kept.len() as u64 > limit {
+                    return Ok(RequestBody::one_shot(kept.freeze(), body));
+                }
+            }
+        }
+        Ok(RequestBody::Replayable(kept.freeze()))
+    }
+
+    fn one_shot(prefix: Bytes, rest: Incoming) -> RequestBody {
+        RequestBody::OneShot(Some(PrefixedBody {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest,
+        }))
+    }
+
+    /// Whether another try could send this body again.
+    pub fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+
+    /// The body for the next try; `None` if a one-shot body was already sent.
+    pub fn for_try(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Replayable(bytes) => Some(boxed(Full::new(bytes.clone()))),
+            RequestBody::OneShot(body) => body.take().map(boxed),
+        }
+    }
+}
+
+/// What was read ahead, then the rest of the client's body as it arrives.
+pub struct PrefixedBody {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + extra);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
