@@ -15,3 +15,4 @@ pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod watchdog;

@@ -1,17 +1,18 @@
-//! Wiring: config → pool actors → the proxy and admin listeners; and the way out (stop
-//! accepting, drain in-flight requests up to `listen.drain_timeout`, stop the actors).
+//! Wiring: config → pool actors → the proxy and admin listeners, each client connection under
+//! its [`Watchdog`]; and the way out (stop accepting, drain in-flight requests up to
+//! `listen.drain_timeout`, stop the actors).
 
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::pool::{PoolActor, PoolArgs, PoolMsg};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{boxed, HoldBody, ProxyBody};
 use crate::proxy::Proxy;
+use crate::watchdog::{Expired, Watchdog};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use ractor::{Actor, ActorRef};
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +115,14 @@ impl Server {
         ));
         let admin = Arc::new(Admin::new(pools.clone()));
         let (stop, stopped) = watch::channel(false);
-        let drain = config.listen.drain_timeout;
+        let limits = Limits {
+            header_read: config.listen.header_read_timeout,
+            idle: config.listen.idle_timeout,
+            drain: config.listen.drain_timeout,
+        };
         let listeners = vec![
-            tokio::spawn(serve(proxy_listener, proxy, stopped.clone(), drain)),
-            tokio::spawn(serve(admin_listener, admin, stopped, drain)),
+            tokio::spawn(serve(proxy_listener, proxy, stopped.clone(), limits)),
+            tokio::spawn(serve(admin_listener, admin, stopped, limits)),
         ];
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams = pools.len(), "fulcrum started");
         Ok(Server {
@@ -199,16 +204,26 @@ async fn until_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
 }
 
+/// Client connection limits of a listener.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+    drain: Duration,
+}
+
 /// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `handler`
-/// until `stopped` turns true; then drains the open connections for at most `drain`.
+/// until `stopped` turns true; then lets the open connections finish for at most the drain
+/// timeout.
 async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    mut stopped: watch::Receiver<bool>,
-    drain: Duration,
+    stopped: watch::Receiver<bool>,
+    limits: Limits,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut conns = JoinSet::new();
+    let mut stop = stopped.clone();
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -220,32 +235,79 @@ async fn serve<H: Handler>(
                     continue;
                 }
             },
-            _ = until_true(&mut stopped) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = until_true(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(req, client).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %client, "client connection ended with an error");
-            }
-        });
+        conns.spawn(connection(
+            stream,
+            client,
+            handler.clone(),
+            builder.clone(),
+            stopped.clone(),
+            limits,
+        ));
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(limits.drain, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
+            open = conns.len(),
             "drain timeout ({}) reached; closing the remaining connections",
-            humantime::format_duration(drain)
+            humantime::format_duration(limits.drain)
         );
+        conns.shutdown().await;
+    }
+}
+
+/// Serves one client connection until it closes, its watchdog expires, or the server stops
+/// (then gracefully: the request in flight finishes, keep-alive ends).
+async fn connection<H: Handler>(
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stopped: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let watchdog = Watchdog::new(limits.header_read, limits.idle);
+    let service_watchdog = watchdog.clone();
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let guard = service_watchdog.request();
+        async move {
+            let resp = handler.handle(req, client).await;
+            Ok::<_, Infallible>(resp.map(|b| boxed(HoldBody::new(b, guard))))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(watchdog.io(TokioIo::new(stream)), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "client connection ended with an error");
+                }
+                return;
+            }
+            expired = watchdog.expired(), if !closing => match expired {
+                Expired::Header => {
+                    tracing::debug!(%client, "client too slow to send a request header; closing");
+                    return;
+                }
+                Expired::Idle => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            },
+            _ = until_true(&mut stopped), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }

@@ -244,3 +244,25 @@ async fn a_body_over_the_replay_limit_is_not_retried_and_is_counted() {
     assert_eq!(s.retries_off_body_too_large, 1, "{s:#?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pool_idle_below_the_backend_keep_alive_never_meets_a_closing_connection() {
+    let bs = backends(1).await;
+    // The backend drops connections idle for 80 ms; fulcrum's pool lets them go after 40 ms.
+    // (With the pool's idle above the backend's keep-alive, a request can be written on a
+    // connection the backend is closing; a POST then fails, since nothing shows the backend
+    // did not process it.)
+    bs[0].set_keep_alive_timeout(Some(Duration::from_millis(80)));
+    let mut cfg = tuned(&bs, &no_ejection());
+    cfg.upstreams[0].timeouts.idle = Duration::from_millis(40);
+    let server = start(&cfg).await;
+    for i in 0..40u64 {
+        // Gaps of 20 to 100 ms: some reuse a pooled connection, some find it expired.
+        tokio::time::sleep(Duration::from_millis(20 + (i * 37) % 80)).await;
+        let a = post(server.proxy_addr(), "once").await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}: {a:?}");
+    }
+    // POSTs, never duplicated: each reached the backend exactly once.
+    assert_eq!(bs[0].requests(), 40);
+    server.shutdown().await;
+}

@@ -51,6 +51,8 @@ struct Inner {
     stream_bytes: AtomicU64,
     gate: watch::Sender<bool>,
     listening: watch::Sender<bool>,
+    /// Idle keep-alive connections are closed after this many ms; 0: kept open.
+    keep_alive_ms: AtomicU64,
 }
 
 impl Backend {
@@ -79,6 +81,7 @@ impl Backend {
             stream_bytes: AtomicU64::new(0),
             gate: watch::Sender::new(false),
             listening: watch::Sender::new(false),
+            keep_alive_ms: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(supervise(listener, inner.clone(), stopped));
@@ -160,6 +163,14 @@ impl Backend {
     /// Bytes of `/stream` bodies handed to the connection so far.
     pub fn stream_bytes_sent(&self) -> u64 {
         self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Closes keep-alive connections idle for `timeout` (as servers do, often with a shorter
+    /// timeout than the proxy in front expects); `None` keeps them open. Applies to new
+    /// connections.
+    pub fn set_keep_alive_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| t.as_millis().max(1) as u64);
+        self.inner.keep_alive_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Waits until the listener is open (`true`) or closed (`false`): a fault switch to or from
@@ -261,13 +272,21 @@ async fn serve_conn(stream: TcpStream, inner: Arc<Inner>) {
     };
     let reset = Arc::new(Notify::new());
     let svc_reset = reset.clone();
+    let svc_inner = inner.clone();
     let svc = service_fn(move |req| {
         let inner = inner.clone();
         let reset = svc_reset.clone();
         async move { Ok::<_, Infallible>(respond(req, inner, reset).await) }
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if let Some(idle) = inner_keep_alive(&svc_inner) {
+        // hyper's header timer also runs while a connection waits for its next request: here
+        // that is just the keep-alive timeout wanted.
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle);
+    }
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         _ = conn => {}
         _ = reset.notified() => {
@@ -358,6 +377,13 @@ async fn respond(
         resp.headers_mut().insert("x-backend", v);
     }
     resp
+}
+
+fn inner_keep_alive(inner: &Inner) -> Option<Duration> {
+    match inner.keep_alive_ms.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
 }
 
 /// Waits forever: the answer that never comes (the connection task ends it).

@@ -43,6 +43,9 @@ enum Command {
         /// A control listener: POST /fault, POST /fault/health, GET /fault, GET /stats.
         #[arg(long)]
         control: Option<SocketAddr>,
+        /// Close keep-alive connections idle this long, e.g. 5s (default: keep them).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep_alive: Option<Duration>,
     },
 }
 
@@ -59,6 +62,7 @@ async fn main() {
             error_status,
             fault,
             control,
+            keep_alive,
         } => {
             if !(0.0..=1.0).contains(&error_rate) {
                 eprintln!("loadtest: --error-rate must be in [0, 1], got {error_rate}");
@@ -70,7 +74,7 @@ async fn main() {
                 error_status,
                 ..Fault::OK
             });
-            run_backend(listen, &id, fault, control).await
+            run_backend(listen, &id, fault, control, keep_alive).await
         }
     };
     std::process::exit(code);
@@ -81,9 +85,13 @@ async fn run_backend(
     id: &str,
     fault: Fault,
     control: Option<SocketAddr>,
+    keep_alive: Option<Duration>,
 ) -> i32 {
     let backend = match Backend::start_with(id, listen, fault).await {
-        Ok(b) => Arc::new(b),
+        Ok(b) => {
+            b.set_keep_alive_timeout(keep_alive);
+            Arc::new(b)
+        }
         Err(e) => {
             eprintln!("loadtest: cannot listen on {listen}: {e}");
             return 1;

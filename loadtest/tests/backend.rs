@@ -236,3 +236,24 @@ async fn the_binary_switches_faults_through_its_control_listener() {
     assert!(fault.contains("traffic: dead"), "{fault}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_timeout() {
+    let b = Backend::start("k", loopback()).await.unwrap();
+    b.set_keep_alive_timeout(Some(Duration::from_millis(100)));
+    let mut s = TcpStream::connect(b.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Keep-alive is on (no Connection: close): only the timeout ends the connection.
+    let mut out = Vec::new();
+    timeout(PATIENCE, s.read_to_end(&mut out))
+        .await
+        .expect("closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("hello from k\n"),
+        "{text}"
+    );
+}

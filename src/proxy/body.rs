@@ -42,34 +42,42 @@ pub fn text(status: StatusCode, reason: &str) -> Response<ProxyBody> {
     resp
 }
 
-/// A backend's response body that keeps the request counted in flight until it is finished or
-/// dropped: a long download is load on the backend as much as a slow answer is.
-pub struct LeasedBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+/// A body that holds a value until its last frame is out (or it is dropped): a backend's
+/// [`Lease`], so a long download counts in flight as much as a slow answer does; a client
+/// connection's request guard, so its idle clock starts when the response ends.
+pub struct HoldBody<B, T> {
+    inner: B,
+    held: Option<T>,
 }
 
-impl LeasedBody {
-    /// Streams `inner`, holding `lease` until the end.
-    pub fn new(inner: Incoming, lease: Lease) -> LeasedBody {
-        LeasedBody {
+impl<B, T> HoldBody<B, T> {
+    /// Streams `inner`, holding `held` until the end.
+    pub fn new(inner: B, held: T) -> Self {
+        HoldBody {
             inner,
-            lease: Some(lease),
+            held: Some(held),
         }
     }
 }
 
-impl Body for LeasedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
+/// A backend's response body holding its lease.
+pub type LeasedBody = HoldBody<Incoming, Lease>;
+
+impl<B, T> Body for HoldBody<B, T>
+where
+    B: Body + Unpin,
+    T: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None | Some(Err(_))) = polled {
-            self.lease = None;
+            self.held = None;
         }
         polled
     }

@@ -1,0 +1,247 @@
+//! Client connection timeouts: a connection that takes longer than `header_read_timeout` to send
+//! a request's header is closed (slowloris), and a keep-alive connection with no request for
+//! `idle_timeout` is closed gracefully. A connection with a request in flight is never cut, how
+//! long its request or response takes.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
+//! request, so it would close idle connections after the header timeout; these two need separate
+//! clocks, kept here: the IO wrapper notes the first byte of each new request, the service notes
+//! when a request starts and its response ends, and [`Watchdog::expired`] says which clock ran
+//! out.
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const IDLE: u8 = 0;
+const HEADER: u8 = 1;
+const ACTIVE: u8 = 2;
+
+/// Which clock ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A request's header did not arrive in time: close at once.
+    Header,
+    /// No request for the idle timeout: close gracefully.
+    Idle,
+}
+
+/// What one client connection is doing, shared by its IO, its service and its watchdog.
+#[derive(Debug)]
+struct State {
+    epoch: Instant,
+    phase: AtomicU8,
+    /// When the phase began, ns since `epoch`.
+    since: AtomicU64,
+    active: AtomicU32,
+}
+
+impl State {
+    fn stamp(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+    }
+
+    fn enter(&self, phase: u8) {
+        self.since.store(self.stamp(), Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+}
+
+/// The clocks of one client connection.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    state: Arc<State>,
+    header: Duration,
+    idle: Duration,
+}
+
+impl Watchdog {
+    /// A connection just accepted: idle, waiting for its first request.
+    pub fn new(header: Duration, idle: Duration) -> Watchdog {
+        let state = Arc::new(State {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(0),
+            active: AtomicU32::new(0),
+        });
+        Watchdog {
+            state,
+            header,
+            idle,
+        }
+    }
+
+    /// Wraps the connection's IO so that the first byte of a request starts the header clock.
+    pub fn io<T>(&self, inner: T) -> WatchedIo<T> {
+        WatchedIo {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+
+    /// A request started; the returned guard marks its end when dropped (with its response body).
+    pub fn request(&self) -> ActiveGuard {
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        self.state.enter(ACTIVE);
+        ActiveGuard {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Resolves when the header or the idle clock runs out; never while a request is active.
+    pub async fn expired(&self) -> Expired {
+        loop {
+            let phase = self.state.phase.load(Ordering::Relaxed);
+            let since = self.state.since.load(Ordering::Relaxed);
+            let (limit, kind) = match phase {
+                HEADER => (self.header, Expired::Header),
+                IDLE => (self.idle, Expired::Idle),
+                // Active: look again later; the clocks restart when it ends.
+                _ => {
+                    tokio::time::sleep(self.header.min(self.idle)).await;
+                    continue;
+                }
+            };
+            let deadline = self.state.epoch + Duration::from_nanos(since) + limit;
+            // Wake at the shorter clock at the latest: the phase may change meanwhile (an idle
+            // connection starting a header), and nothing else would wake this.
+            let look_again = Instant::now() + self.header.min(self.idle);
+            tokio::time::sleep_until(deadline.min(look_again)).await;
+            let unchanged = self.state.phase.load(Ordering::Relaxed) == phase
+                && self.state.since.load(Ordering::Relaxed) == since;
+            if unchanged && Instant::now() >= deadline {
+                return kind;
+            }
+        }
+    }
+}
+
+/// Marks the end of a request (its response body finished or dropped).
+#[derive(Debug)]
+pub struct ActiveGuard {
+    state: Arc<State>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.state.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state.enter(IDLE);
+        }
+    }
+}
+
+/// A client connection's IO, noting when the bytes of a new request begin.
+#[derive(Debug)]
+pub struct WatchedIo<T> {
+    inner: T,
+    state: Arc<State>,
+}
+
+impl<T: Read + Unpin> Read for WatchedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // A read that completes on an idle connection is the start of a request (or its close,
+        // after which the clocks no longer matter).
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let s = &self.state;
+            if s.active.load(Ordering::Relaxed) == 0 && s.phase.load(Ordering::Relaxed) == IDLE {
+                s.enter(HEADER);
+            }
+        }
+        polled
+    }
+}
+
+impl<T: Write + Unpin> Write for WatchedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_expires_after_the_idle_timeout() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert_eq!(w.expired().await, Expired::Idle);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_header_expires_after_the_header_timeout() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
+        w.state.enter(HEADER);
+        let t0 = Instant::now();
+        assert_eq!(w.expired().await, Expired::Header);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_started_while_idle_is_timed_from_its_start() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(60));
+        let watch = w.clone();
+        let expiry = tokio::spawn(async move { (watch.expired().await, Instant::now()) });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let started = Instant::now();
+        w.state.enter(HEADER);
+        let (kind, at) = expiry.await.unwrap();
+        assert_eq!(kind, Expired::Header);
+        assert!(at >= started + Duration::from_secs(1) && at <= started + Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_active_request_is_never_cut_and_idle_restarts_after_it() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
+        let guard = w.request();
+        let watch = w.clone();
+        let expiry = tokio::spawn(async move { (watch.expired().await, Instant::now()) });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!expiry.is_finished());
+        let ended = Instant::now();
+        drop(guard);
+        let (kind, at) = expiry.await.unwrap();
+        assert_eq!(kind, Expired::Idle);
+        assert!(
+            at >= ended + Duration::from_secs(5),
+            "idle clock restarted at the end"
+        );
+    }
+}
