@@ -169,7 +169,9 @@ pub struct PoolState {
     slots: Vec<Slot>,
     balancer: Box<dyn Balancer>,
     rng: SmallRng,
+    /// Buffers reused by every pick: the candidates, and the slot of each.
     candidates: Vec<Candidate>,
+    candidate_slots: Vec<usize>,
     budget: RetryBudget,
     retries: std::collections::BTreeMap<&'static str, u64>,
     budget_exhausted: u64,
@@ -229,6 +231,7 @@ impl Actor for PoolActor {
             budget_exhausted: 0,
             body_too_large: 0,
             candidates: Vec::with_capacity(slots.len()),
+            candidate_slots: Vec::with_capacity(slots.len()),
             slots,
             rng,
             upstream: up,
@@ -423,18 +426,22 @@ impl PoolState {
         ejection::ejected(opened, cap)
     }
 
-    /// Whether slot `i` may take a request now (apart from per-request exclusions).
+    /// Whether slot `i` is in rotation: its actor runs, its probes pass, and its breaker has not
+    /// ejected it. (A half-open one is, for its trial requests: see [`Self::admits`].)
     fn in_rotation(&self, i: usize, ejected: &[usize]) -> bool {
         let s = &self.slots[i];
         s.actor.is_some()
             && s.view.healthy
-            && match s.view.circuit {
-                CircuitState::Closed => true,
-                CircuitState::Open { .. } => !ejected.contains(&i),
-                CircuitState::HalfOpen => {
-                    s.trial_picks < self.upstream.circuit_breaker.half_open_requests
-                }
-            }
+            && !(matches!(s.view.circuit, CircuitState::Open { .. }) && ejected.contains(&i))
+    }
+
+    /// Whether slot `i` may take one more request now: in rotation, and, if half-open, with
+    /// trial requests left.
+    fn admits(&self, i: usize, ejected: &[usize]) -> bool {
+        let s = &self.slots[i];
+        self.in_rotation(i, ejected)
+            && (s.view.circuit != CircuitState::HalfOpen
+                || s.trial_picks < self.upstream.circuit_breaker.half_open_requests)
     }
 
     fn effective_latency(&self, i: usize, now: Instant) -> f64 {
@@ -445,21 +452,24 @@ impl PoolState {
         )
     }
 
-    /// The weight the upstream's algorithm uses for slot `i`; `best` is the lowest effective
-    /// latency in rotation.
-    fn weight(&self, i: usize, best: f64, now: Instant) -> f64 {
-        let s = &self.slots[i];
-        let ramp = slow_start::ramp(
-            s.view.slow_start_since,
+    fn ramp(&self, i: usize, now: Instant) -> f64 {
+        slow_start::ramp(
+            self.slots[i].view.slow_start_since,
             self.upstream.adaptive.slow_start,
             now,
-        );
+        )
+    }
+
+    /// The weight the upstream's algorithm uses for slot `i`, whose effective latency is
+    /// `latency` and slow-start factor `ramp`; `best` is the lowest effective latency in rotation.
+    fn weight(&self, i: usize, latency: f64, best: f64, ramp: f64) -> f64 {
+        let s = &self.slots[i];
         let static_weight = f64::from(s.static_weight);
         match self.upstream.algorithm {
             Algorithm::Adaptive | Algorithm::P2cEwma => dynamic_weight(
                 &WeightInputs {
                     static_weight,
-                    latency: self.effective_latency(i, now),
+                    latency,
                     best_latency: best,
                     success_rate: s.view.success_rate,
                     slow_start: ramp,
@@ -472,12 +482,6 @@ impl PoolState {
         }
     }
 
-    fn best_latency(&self, eligible: impl Iterator<Item = usize>, now: Instant) -> f64 {
-        eligible
-            .map(|i| self.effective_latency(i, now))
-            .fold(f64::INFINITY, f64::min)
-    }
-
     fn pick(
         &mut self,
         key: u64,
@@ -486,37 +490,41 @@ impl PoolState {
         now: Instant,
     ) -> Result<Lease, NoBackend> {
         let ejected = self.ejected(now);
-        let eligible = |s: &Self, i: usize| {
-            s.in_rotation(i, &ejected) && !exclude.contains(&s.slots[i].shared.id)
-        };
-        let best = self.best_latency((0..self.slots.len()).filter(|i| eligible(self, *i)), now);
         let mut candidates = std::mem::take(&mut self.candidates);
+        let mut slots = std::mem::take(&mut self.candidate_slots);
         candidates.clear();
+        slots.clear();
+        // One pass for what each candidate costs; weights need the best of them, so a second.
+        let mut best = f64::INFINITY;
         for i in 0..self.slots.len() {
-            if eligible(self, i) {
-                let s = &self.slots[i];
-                let ramp = slow_start::ramp(
-                    s.view.slow_start_since,
-                    self.upstream.adaptive.slow_start,
-                    now,
-                );
-                candidates.push(Candidate {
-                    id: s.shared.id,
-                    weight: self.weight(i, best, now),
-                    inflight: s.shared.inflight(),
-                    latency: self.effective_latency(i, now) / ramp,
-                });
+            let s = &self.slots[i];
+            if !self.admits(i, &ejected) || exclude.contains(&s.shared.id) {
+                continue;
             }
+            let latency = self.effective_latency(i, now);
+            best = best.min(latency);
+            candidates.push(Candidate {
+                id: s.shared.id,
+                weight: 0.0,
+                inflight: s.shared.inflight(),
+                latency,
+            });
+            slots.push(i);
+        }
+        for (c, &i) in candidates.iter_mut().zip(&slots) {
+            let ramp = self.ramp(i, now);
+            c.weight = self.weight(i, c.latency, best, ramp);
+            // A ramping backend must not win duels on an estimate that restarted at the pool's
+            // mean: its cost grows as its ramp is short.
+            c.latency /= ramp;
         }
         let chosen = self
             .balancer
             .pick(&candidates, key, &mut self.rng)
-            .and_then(|c| candidates.get(c))
-            .map(|c| c.id);
+            .and_then(|c| slots.get(c).copied());
         self.candidates = candidates;
-        let i = chosen
-            .and_then(|id| self.index_of(id))
-            .ok_or(NoBackend::NoneAvailable)?;
+        self.candidate_slots = slots;
+        let i = chosen.ok_or(NoBackend::NoneAvailable)?;
         // The budget is asked only once there is somewhere to go: a retry with nowhere to go
         // spends nothing.
         match retry {
@@ -584,10 +592,10 @@ impl PoolState {
 
     fn status(&self, now: Instant) -> UpstreamStatus {
         let ejected = self.ejected(now);
-        let best = self.best_latency(
-            (0..self.slots.len()).filter(|i| self.in_rotation(*i, &ejected)),
-            now,
-        );
+        let best = (0..self.slots.len())
+            .filter(|i| self.in_rotation(*i, &ejected))
+            .map(|i| self.effective_latency(i, now))
+            .fold(f64::INFINITY, f64::min);
         UpstreamStatus {
             name: self.upstream.name.clone(),
             algorithm: self.upstream.algorithm.name(),
@@ -596,12 +604,12 @@ impl PoolState {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let in_rotation = s.actor.is_some() && s.view.healthy && !ejected.contains(&i);
+                    let in_rotation = self.in_rotation(i, &ejected);
                     BackendStatus {
                         address: s.shared.authority.to_string(),
                         static_weight: s.static_weight,
                         weight: if in_rotation {
-                            self.weight(i, best, now)
+                            self.weight(i, self.effective_latency(i, now), best, self.ramp(i, now))
                         } else {
                             0.0
                         },

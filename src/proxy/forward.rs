@@ -4,6 +4,7 @@
 
 use super::body::ProxyBody;
 use crate::config::Timeouts;
+use crate::policy::retry::Failure;
 use crate::pool::OutcomeKind;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -30,6 +31,15 @@ impl TryError {
             TryError::Connect => OutcomeKind::Connect,
             TryError::Reset => OutcomeKind::Reset,
             TryError::Timeout => OutcomeKind::Timeout,
+        }
+    }
+
+    /// The failure this is, for the retry decision.
+    pub fn failure(self) -> Failure {
+        match self {
+            TryError::Connect => Failure::Connect,
+            TryError::Reset => Failure::Reset,
+            TryError::Timeout => Failure::Timeout,
         }
     }
 }

@@ -166,11 +166,7 @@ impl Proxy {
                         latency,
                     });
                     last = Some(LastFailure::Try(e));
-                    match e {
-                        TryError::Connect => Failure::Connect,
-                        TryError::Reset => Failure::Reset,
-                        TryError::Timeout => Failure::Timeout,
-                    }
+                    e.failure()
                 }
             };
             if tried.len() > upstream.retry.attempts() as usize {
