@@ -54,9 +54,11 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
     println!(
         "fulcrum demo\n\
          \x20 proxy:    http://{p}/\n\
+         \x20 metrics:  http://{a}/metrics\n\
          \x20 status:   http://{a}/status\n\
          \x20 backends: fast {} (2 ms), slow {} (150 ms), flaky {} (20% 503)\n\
-         \x20 try:      for i in $(seq 20); do curl -s http://{p}/; done\n\
+         \x20 load:     while sleep 0.02; do curl -s -o /dev/null http://{p}/; done\n\
+         \x20 watch:    watch -n1 'curl -s http://{a}/metrics | grep -E \"^fulcrum_backend_(weight|circuit_state)\"'\n\
          \x20 Ctrl-C stops it.",
         fast.addr(),
         slow.addr(),

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::pool::{PoolActor, PoolArgs, PoolMsg};
 use crate::proxy::body::{boxed, HoldBody, ProxyBody};
 use crate::proxy::Proxy;
+use crate::telemetry::metrics::Metrics;
 use crate::watchdog::{Expired, Watchdog};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -72,7 +73,7 @@ pub struct Server {
     admin_addr: SocketAddr,
     pools: Vec<(String, ActorRef<PoolMsg>)>,
     stop: watch::Sender<bool>,
-    listeners: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -93,11 +94,13 @@ impl Server {
         let proxy_addr = local(&proxy_listener, "listen.address", config.listen.address)?;
         let admin_addr = local(&admin_listener, "admin.address", config.admin.address)?;
 
+        let metrics = Metrics::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for (i, up) in config.upstreams.iter().enumerate() {
             let args = PoolArgs {
                 upstream: up.clone(),
                 seed: seed.map(|s| s.wrapping_add(i as u64)),
+                metrics: metrics.clone(),
             };
             let (pool, _) =
                 Actor::spawn(None, PoolActor, args)
@@ -112,17 +115,20 @@ impl Server {
         let proxy = Arc::new(Proxy::new(
             &config.upstreams,
             pools.iter().map(|(_, p)| p.clone()).collect(),
+            &metrics,
+            config.log.access,
         ));
-        let admin = Arc::new(Admin::new(pools.clone()));
+        let admin = Arc::new(Admin::new(pools.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);
         let limits = Limits {
             header_read: config.listen.header_read_timeout,
             idle: config.listen.idle_timeout,
             drain: config.listen.drain_timeout,
         };
-        let listeners = vec![
+        let tasks = vec![
             tokio::spawn(serve(proxy_listener, proxy, stopped.clone(), limits)),
-            tokio::spawn(serve(admin_listener, admin, stopped, limits)),
+            tokio::spawn(serve(admin_listener, admin, stopped.clone(), limits)),
+            tokio::spawn(upkeep(metrics, stopped)),
         ];
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams = pools.len(), "fulcrum started");
         Ok(Server {
@@ -130,7 +136,7 @@ impl Server {
             admin_addr,
             pools,
             stop,
-            listeners,
+            tasks,
         })
     }
 
@@ -156,8 +162,8 @@ impl Server {
     /// actors.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for l in self.listeners {
-            let _ = l.await;
+        for t in self.tasks {
+            let _ = t.await;
         }
         for (_, pool) in &self.pools {
             let _ = pool
@@ -196,6 +202,22 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// How often histogram samples are folded when nobody scrapes /metrics.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Folds the metrics' histogram samples now and then until `stopped`, so that they stay
+/// bounded without a scraper.
+async fn upkeep(metrics: Metrics, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.upkeep(),
+            _ = until_true(&mut stopped) => return,
+        }
     }
 }
 

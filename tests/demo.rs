@@ -1,5 +1,5 @@
 //! `fulcrum demo` through the real binary: it starts its three backends and the balancer,
-//! prints the addresses, and the proxy and /status answer there.
+//! prints the addresses, and the proxy, /metrics and /status answer there.
 
 mod common;
 
@@ -26,8 +26,8 @@ async fn the_demo_serves_and_prints_where_to_look() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut status) = (None, None);
-    while proxy.is_none() || status.is_none() {
+    let (mut proxy, mut status, mut metrics) = (None, None, None);
+    while proxy.is_none() || status.is_none() || metrics.is_none() {
         let line = tokio::time::timeout(PATIENCE, lines.next_line())
             .await
             .expect("demo prints its addresses")
@@ -48,9 +48,12 @@ async fn the_demo_serves_and_prints_where_to_look() {
         } else if line.trim_start().starts_with("status:") {
             assert!(line.trim_end().ends_with("/status"), "{line}");
             status = Some(url(&line));
+        } else if line.trim_start().starts_with("metrics:") {
+            assert!(line.trim_end().ends_with("/metrics"), "{line}");
+            metrics = Some(url(&line));
         }
     }
-    let (proxy, status) = (proxy.unwrap(), status.unwrap());
+    let (proxy, status, metrics) = (proxy.unwrap(), status.unwrap(), metrics.unwrap());
 
     let c = client();
     let mut served = std::collections::BTreeSet::new();
@@ -71,5 +74,13 @@ async fn the_demo_serves_and_prints_where_to_look() {
     let s = get(&c, status, "/status", None).await;
     let doc: serde_json::Value = serde_json::from_str(&s.body).unwrap();
     assert_eq!(doc["upstreams"][0]["backends"].as_array().unwrap().len(), 3);
+    let m = get(&c, metrics, "/metrics", None).await;
+    assert_eq!(m.status, 200);
+    let weights = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("fulcrum_backend_weight{"))
+        .count();
+    assert_eq!(weights, 3, "{}", m.body);
     child.kill().await.unwrap();
 }

@@ -18,6 +18,9 @@ pub struct Config {
     /// `[runtime]`: the tokio runtime.
     #[serde(default)]
     pub runtime: Runtime,
+    /// `[log]`: what is logged.
+    #[serde(default)]
+    pub log: Log,
     /// `[[upstreams]]`: at least one is required.
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
@@ -55,7 +58,7 @@ impl Default for Listen {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// The admin listener (/status, later /metrics). Default `127.0.0.1:9901`.
+    /// The admin listener (/metrics, /status). Default `127.0.0.1:9901`.
     pub address: SocketAddr,
 }
 
@@ -73,6 +76,21 @@ impl Default for Admin {
 pub struct Runtime {
     /// Tokio worker threads; 0 = one per core. Default 0.
     pub worker_threads: usize,
+}
+
+/// `[log]` (fulcrum's addition; the format is `--log-format`, the filter `RUST_LOG`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// One `info` event per request on the proxy listener, target `fulcrum::access`.
+    /// Default true.
+    pub access: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { access: true }
+    }
 }
 
 /// The balancing algorithm of an upstream.

@@ -11,12 +11,16 @@
 //! while idle, so without that it would win every duel and skip its ramp); the other algorithms
 //! see static weights scaled by slow start.
 //!
+//! Metrics: the pool publishes each backend's weight, EWMA, success rate, rotation and breaker
+//! gauges whenever a backend's view or probe result changes them, and again on every scrape
+//! ([`PoolMsg::Publish`]), since weights also drift with time (decay, silence, slow start).
+//!
 //! Probes: every `health.interval` for a backend whose last probe passed and is in rotation;
 //! after a failed probe, `backoff_base × 2^n` (±20% jitter, capped at `backoff_max`) for the
 //! n-th failure in a row — quick to confirm a fall, gentle on a backend that stays down; after a
 //! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
 
-use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
+use super::backend::{circuit_to, BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::lease::{BackendShared, Lease};
 use super::probe;
 use crate::config::{Algorithm, Upstream};
@@ -27,6 +31,7 @@ use crate::policy::budget::RetryBudget;
 use crate::policy::ejection;
 use crate::policy::slow_start;
 use crate::policy::weight::{dynamic_weight, effective_latency, WeightInputs};
+use crate::telemetry::metrics::{Figures, Metrics, UpstreamMetrics};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -69,6 +74,8 @@ pub enum PoolMsg {
     ProbeResult { id: BackendId, pass: bool },
     /// The pool's figures, for /status.
     Status(RpcReplyPort<UpstreamStatus>),
+    /// Set the gauges to the figures of now, for a scrape of /metrics.
+    Publish(RpcReplyPort<()>),
     /// The actor now serving backend `id` (operations and supervision tests).
     BackendActor {
         id: BackendId,
@@ -145,6 +152,8 @@ pub struct PoolArgs {
     pub upstream: Upstream,
     /// Seed of the pool's random source; `None` seeds from the OS (tests pass one).
     pub seed: Option<u64>,
+    /// The server's metrics registry.
+    pub metrics: Metrics,
 }
 
 /// One backend as the pool holds it.
@@ -173,6 +182,7 @@ pub struct PoolState {
     candidates: Vec<Candidate>,
     candidate_slots: Vec<usize>,
     budget: RetryBudget,
+    metrics: Arc<UpstreamMetrics>,
     retries: std::collections::BTreeMap<&'static str, u64>,
     budget_exhausted: u64,
     body_too_large: u64,
@@ -212,6 +222,7 @@ impl Actor for PoolActor {
                 shared: Arc::new(BackendShared::new(
                     i as BackendId,
                     Arc::from(authority),
+                    args.metrics.backend(&up.name, authority, b.weight),
                     epoch,
                 )),
                 static_weight: b.weight,
@@ -227,6 +238,7 @@ impl Actor for PoolActor {
         let mut state = PoolState {
             balancer: balance::for_algorithm(up.algorithm),
             budget: RetryBudget::new(&up.retry, epoch),
+            metrics: args.metrics.upstream(&up.name),
             retries: Default::default(),
             budget_exhausted: 0,
             body_too_large: 0,
@@ -246,6 +258,7 @@ impl Actor for PoolActor {
                 .mul_f64(state.rng.random::<f64>() / 4.0);
             state.schedule_probe(&myself, i, first);
         }
+        state.publish(epoch);
         Ok(state)
     }
 
@@ -269,6 +282,10 @@ impl Actor for PoolActor {
             PoolMsg::ProbeResult { id, pass } => state.probe_result(&myself, id, pass),
             PoolMsg::Status(reply) => {
                 let _ = reply.send(state.status(Instant::now()));
+            }
+            PoolMsg::Publish(reply) => {
+                state.publish(Instant::now());
+                let _ = reply.send(());
             }
             PoolMsg::BackendActor { id, reply } => {
                 let _ = reply.send(
@@ -309,6 +326,7 @@ impl Actor for PoolActor {
                 "backend actor exited; restarting it"
             );
             state.spawn_backend(&myself, i).await?;
+            state.publish(Instant::now());
         }
         Ok(())
     }
@@ -355,6 +373,7 @@ impl PoolState {
             upstream: self.upstream.clone(),
             authority: self.slots[i].shared.authority.clone(),
             pool: myself.clone(),
+            metrics: self.slots[i].shared.metrics.clone(),
             initial_latency: initial,
             healthy,
         };
@@ -401,6 +420,7 @@ impl PoolState {
             (_, CircuitState::HalfOpen) => slot.trial_picks = 0,
             (_, CircuitState::Closed) => slot.opened_at = None,
         }
+        self.publish(now);
     }
 
     /// Indices of the backends the breaker keeps out now: open, and within the ejection cap.
@@ -532,9 +552,11 @@ impl PoolState {
             Some(reason) => {
                 if !self.budget.try_withdraw(now) {
                     self.budget_exhausted += 1;
+                    self.metrics.budget_exhausted();
                     return Err(NoBackend::BudgetExhausted);
                 }
                 *self.retries.entry(reason).or_insert(0) += 1;
+                self.metrics.retry(reason);
             }
         }
         let slot = &mut self.slots[i];
@@ -550,6 +572,7 @@ impl PoolState {
         let pool_mean = self.mean_latency();
         let health = &self.upstream.health;
         let slot = &mut self.slots[i];
+        slot.shared.metrics.probe(pass);
         if let Some(actor) = &slot.actor {
             let _ = actor.cast(BackendMsg::Probe { pass, pool_mean });
         }
@@ -590,12 +613,45 @@ impl PoolState {
         });
     }
 
+    /// The lowest effective latency among the backends in rotation: the weights' reference.
+    fn best_latency(&self, ejected: &[usize], now: Instant) -> f64 {
+        (0..self.slots.len())
+            .filter(|i| self.in_rotation(*i, ejected))
+            .map(|i| self.effective_latency(i, now))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Slot `i`'s figures at `now`, as /metrics and /status show them.
+    fn figures(&self, i: usize, ejected: &[usize], best: f64, now: Instant) -> Figures {
+        let s = &self.slots[i];
+        let in_rotation = self.in_rotation(i, ejected);
+        Figures {
+            weight: if in_rotation {
+                self.weight(i, self.effective_latency(i, now), best, self.ramp(i, now))
+            } else {
+                0.0
+            },
+            ewma_seconds: s.view.latency_at(now),
+            success_rate: s.view.success_rate,
+            healthy: in_rotation,
+            circuit: circuit_to(s.view.circuit),
+        }
+    }
+
+    /// Sets every backend's gauges to its figures at `now`.
+    fn publish(&self, now: Instant) {
+        let ejected = self.ejected(now);
+        let best = self.best_latency(&ejected, now);
+        for (i, s) in self.slots.iter().enumerate() {
+            s.shared
+                .metrics
+                .publish(&self.figures(i, &ejected, best, now));
+        }
+    }
+
     fn status(&self, now: Instant) -> UpstreamStatus {
         let ejected = self.ejected(now);
-        let best = (0..self.slots.len())
-            .filter(|i| self.in_rotation(*i, &ejected))
-            .map(|i| self.effective_latency(i, now))
-            .fold(f64::INFINITY, f64::min);
+        let best = self.best_latency(&ejected, now);
         UpstreamStatus {
             name: self.upstream.name.clone(),
             algorithm: self.upstream.algorithm.name(),
@@ -604,19 +660,15 @@ impl PoolState {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let in_rotation = self.in_rotation(i, &ejected);
+                    let f = self.figures(i, &ejected, best, now);
                     BackendStatus {
                         address: s.shared.authority.to_string(),
                         static_weight: s.static_weight,
-                        weight: if in_rotation {
-                            self.weight(i, self.effective_latency(i, now), best, self.ramp(i, now))
-                        } else {
-                            0.0
-                        },
-                        ewma_latency_seconds: s.view.latency_at(now),
-                        success_rate: s.view.success_rate,
+                        weight: f.weight,
+                        ewma_latency_seconds: f.ewma_seconds,
+                        success_rate: f.success_rate,
                         inflight: s.shared.inflight(),
-                        healthy: in_rotation,
+                        healthy: f.healthy,
                         probes_passing: s.view.healthy,
                         circuit_state: s.view.circuit.name(),
                         open_until_seconds: match s.view.circuit {
@@ -630,11 +682,7 @@ impl PoolState {
                         open_period_seconds: s.view.open_period.as_secs_f64(),
                         probe_failures: s.backoff.failures(),
                         probe_backoff_seconds: s.backoff.nominal().as_secs_f64(),
-                        slow_start_factor: slow_start::ramp(
-                            s.view.slow_start_since,
-                            self.upstream.adaptive.slow_start,
-                            now,
-                        ),
+                        slow_start_factor: self.ramp(i, now),
                         picks: s.shared.picks(),
                         actor_restarts: s.restarts,
                     }

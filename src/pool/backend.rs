@@ -12,6 +12,7 @@ use crate::policy::ewma::{decayed, failure_sample, PeakEwma};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
+use crate::telemetry::metrics::{BackendMetrics, CircuitTo};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +111,15 @@ impl BackendView {
     }
 }
 
+/// A breaker state as the metrics name it.
+pub(crate) fn circuit_to(c: CircuitState) -> CircuitTo {
+    match c {
+        CircuitState::Closed => CircuitTo::Closed,
+        CircuitState::Open { .. } => CircuitTo::Open,
+        CircuitState::HalfOpen => CircuitTo::HalfOpen,
+    }
+}
+
 /// The actor; its state lives in [`BackendState`].
 #[derive(Debug, Default)]
 pub struct BackendActor;
@@ -121,6 +131,7 @@ pub struct BackendArgs {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) authority: Arc<str>,
     pub(crate) pool: ActorRef<PoolMsg>,
+    pub(crate) metrics: Arc<BackendMetrics>,
     /// Where the latency estimate starts: the pool's mean, so a new backend is not flooded.
     pub(crate) initial_latency: Duration,
     /// Whether it starts healthy: a restarted actor keeps what the probes had found.
@@ -134,6 +145,7 @@ pub struct BackendState {
     upstream: Arc<Upstream>,
     authority: Arc<str>,
     pool: ActorRef<PoolMsg>,
+    metrics: Arc<BackendMetrics>,
     ewma: PeakEwma,
     success: SuccessRate,
     breaker: Breaker,
@@ -173,6 +185,7 @@ impl Actor for BackendActor {
             id: args.id,
             authority: args.authority,
             pool: args.pool,
+            metrics: args.metrics,
             reported: BackendView::fresh(
                 args.healthy,
                 args.initial_latency,
@@ -202,6 +215,7 @@ impl Actor for BackendActor {
             BackendMsg::Tick => state.breaker.poll(now),
         };
         if let Some(circuit) = circuit_change {
+            state.metrics.transition(circuit_to(circuit));
             state.log_transition(circuit);
             if let CircuitState::Open { until } = circuit {
                 myself.send_after(until.saturating_duration_since(now), || BackendMsg::Tick);
@@ -376,11 +390,13 @@ mod tests {
     async fn an_open_breaker_turns_half_open_on_time_without_traffic() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
+        let metrics = crate::telemetry::metrics::Metrics::new();
         let args = BackendArgs {
             id: 0,
             upstream: upstream(),
             authority: Arc::from("127.0.0.1:1"),
             pool: pool.clone(),
+            metrics: metrics.backend("web", "127.0.0.1:1", 1),
             initial_latency: Duration::from_millis(10),
             healthy: true,
         };
@@ -399,6 +415,13 @@ mod tests {
         let state = next_circuit(&mut rx, |c| matches!(c, CircuitState::Open { .. })).await;
         assert_eq!(state, CircuitState::HalfOpen);
         assert_eq!(Instant::now() - opened_at, Duration::from_secs(2));
+        let text = metrics.render();
+        for to in ["open", "half_open"] {
+            let series = format!(
+                "fulcrum_circuit_transitions_total{{upstream=\"web\",backend=\"127.0.0.1:1\",to=\"{to}\"}} 1"
+            );
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
         backend.stop(None);
         pool.stop(None);
     }

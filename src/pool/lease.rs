@@ -8,6 +8,7 @@
 
 use super::backend::{BackendMsg, Outcome};
 use crate::policy::balance::BackendId;
+use crate::telemetry::metrics::BackendMetrics;
 use ractor::ActorRef;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 pub(crate) struct BackendShared {
     pub(crate) id: BackendId,
     pub(crate) authority: Arc<str>,
+    pub(crate) metrics: Arc<BackendMetrics>,
     inflight: AtomicU32,
     picks: AtomicU64,
     /// Time base of the two stamps below.
@@ -30,10 +32,16 @@ pub(crate) struct BackendShared {
 }
 
 impl BackendShared {
-    pub(crate) fn new(id: BackendId, authority: Arc<str>, epoch: Instant) -> BackendShared {
+    pub(crate) fn new(
+        id: BackendId,
+        authority: Arc<str>,
+        metrics: Arc<BackendMetrics>,
+        epoch: Instant,
+    ) -> BackendShared {
         BackendShared {
             id,
             authority,
+            metrics,
             inflight: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             epoch,
@@ -85,6 +93,7 @@ impl Lease {
                 .store(shared.stamp(Instant::now()), Ordering::Relaxed);
         }
         shared.picks.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.inflight(true);
         Lease { shared, actor }
     }
 
@@ -96,6 +105,11 @@ impl Lease {
     /// `host:port` of the backend.
     pub fn authority(&self) -> &Arc<str> {
         &self.shared.authority
+    }
+
+    /// The backend's metric handles.
+    pub fn metrics(&self) -> &Arc<BackendMetrics> {
+        &self.shared.metrics
     }
 
     /// Requests now in flight to this backend, this one included.
@@ -116,5 +130,6 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.inflight(false);
     }
 }

@@ -3,7 +3,8 @@
 //! and report each try's outcome to the backend's actor. A failed try is retried on a backend not
 //! yet tried when the retry policy allows it and the pool's retry budget has room, within the
 //! request's overall deadline — always before any byte of a response has gone to the client.
-//! No balancing policy lives here.
+//! Each request carries its [`Access`] entry, which counts the metrics of the request and writes
+//! the access log when the response ends. No balancing policy lives here.
 
 pub mod body;
 pub mod forward;
@@ -15,7 +16,9 @@ use crate::config::Upstream;
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
-use body::{boxed, text, LeasedBody, ProxyBody};
+use crate::telemetry::access::{self, Access};
+use crate::telemetry::metrics::{FailureKind, Metrics, UpstreamMetrics};
+use body::{boxed, text, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, TryError};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -23,6 +26,7 @@ use ractor::ActorRef;
 use replay::RequestBody;
 use route::Router;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -32,6 +36,8 @@ const PICK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One upstream as the frontend sees it.
 struct UpstreamHandle {
+    name: Arc<str>,
+    metrics: Arc<UpstreamMetrics>,
     pool: ActorRef<PoolMsg>,
     forwarder: Forwarder,
     retry: RetryPolicy,
@@ -44,6 +50,7 @@ struct UpstreamHandle {
 pub struct Proxy {
     router: Router,
     upstreams: Vec<UpstreamHandle>,
+    access_log: bool,
 }
 
 /// The request as sent to every try: everything but the body, which [`RequestBody`] provides.
@@ -74,12 +81,19 @@ enum LastFailure {
 
 impl Proxy {
     /// A proxy over `upstreams` (from the config), each answered by its pool actor in `pools`
-    /// (same order).
-    pub fn new(upstreams: &[Upstream], pools: Vec<ActorRef<PoolMsg>>) -> Proxy {
+    /// (same order), counting into `metrics`, writing the access log if `access_log`.
+    pub fn new(
+        upstreams: &[Upstream],
+        pools: Vec<ActorRef<PoolMsg>>,
+        metrics: &Metrics,
+        access_log: bool,
+    ) -> Proxy {
         let handles = upstreams
             .iter()
             .zip(pools)
             .map(|(u, pool)| UpstreamHandle {
+                name: Arc::from(u.name.as_str()),
+                metrics: metrics.upstream(&u.name),
                 pool,
                 forwarder: Forwarder::new(&u.timeouts),
                 retry: RetryPolicy::new(&u.retry),
@@ -91,11 +105,34 @@ impl Proxy {
         Proxy {
             router: Router::new(upstreams),
             upstreams: handles,
+            access_log,
         }
     }
 
-    /// Answers one client request. Never fails: every problem becomes a status code.
+    /// Answers one client request. Never fails: every problem becomes a status code. The
+    /// answer carries the request id, and its body the request's [`Access`] entry.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let id = access::request_id(req.headers());
+        let mut entry = Access::new(
+            req.method(),
+            req.uri().path(),
+            client,
+            id.clone(),
+            self.access_log,
+            Instant::now(),
+        );
+        let mut resp = self.serve(req, client, &mut entry).await;
+        entry.respond(resp.status().as_u16());
+        resp.headers_mut().insert(access::REQUEST_ID, id);
+        resp.map(|b| boxed(HoldBody::new(b, entry)))
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        entry: &mut Access,
+    ) -> Response<ProxyBody> {
         let host = request_host(&req);
         let Some(index) = self.router.route(host.as_deref(), req.uri().path()) else {
             return text(
@@ -104,7 +141,11 @@ impl Proxy {
             );
         };
         let upstream = &self.upstreams[index];
-        let (template, body) = prepare(req, client, host.as_deref());
+        entry.routed(upstream.name.clone(), upstream.metrics.clone());
+        let (mut template, body) = prepare(req, client, host.as_deref());
+        template
+            .headers
+            .insert(access::REQUEST_ID, entry.request_id().clone());
         let mut body =
             match RequestBody::prepare(body, &template.headers, upstream.replay_limit).await {
                 Ok(b) => b,
@@ -123,13 +164,19 @@ impl Proxy {
             }
             let lease = match pick(&upstream.pool, key, &tried, retry_reason).await {
                 Ok(lease) => lease,
-                Err(reason) => return answer_failure(last, reason),
+                Err(e) => {
+                    if last.is_none() && e == PickError::NoBackend(NoBackend::NoneAvailable) {
+                        upstream.metrics.no_backend();
+                    }
+                    return answer_failure(last, e.reason());
+                }
             };
             let Some(try_body) = body.for_try() else {
                 // A one-shot body went with an earlier try; `may_retry` prevents getting here.
                 return answer_failure(last, "request body cannot be sent again");
             };
             tried.push(lease.id());
+            entry.try_to(lease.authority().clone());
             let started = Instant::now();
             let result = upstream
                 .forwarder
@@ -144,6 +191,11 @@ impl Proxy {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     let failed = upstream.retry.is_failure_status(status);
+                    lease.metrics().answered(latency.as_secs_f64());
+                    if failed {
+                        lease.metrics().failure(FailureKind::Status);
+                    }
+                    entry.answered_by(Some(lease.metrics().clone()));
                     lease.report(Outcome {
                         kind: if failed {
                             OutcomeKind::Status(status)
@@ -165,6 +217,8 @@ impl Proxy {
                         kind: e.outcome(),
                         latency,
                     });
+                    lease.metrics().failure(e.kind());
+                    entry.answered_by(None);
                     last = Some(LastFailure::Try(e));
                     e.failure()
                 }
@@ -215,13 +269,33 @@ fn client_key(client: SocketAddr) -> u64 {
     }
 }
 
-/// Asks the pool actor for a backend; the reason is for the client when there is none.
+/// Why a pick gave no lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PickError {
+    /// The pool said why.
+    NoBackend(NoBackend),
+    /// The pool did not answer in time.
+    NotAnswering,
+}
+
+impl PickError {
+    /// The reason given to the client.
+    fn reason(self) -> &'static str {
+        match self {
+            PickError::NoBackend(NoBackend::NoneAvailable) => "no backend available",
+            PickError::NoBackend(NoBackend::BudgetExhausted) => "retry budget exhausted",
+            PickError::NotAnswering => "upstream pool not answering",
+        }
+    }
+}
+
+/// Asks the pool actor for a backend.
 async fn pick(
     pool: &ActorRef<PoolMsg>,
     key: u64,
     tried: &[BackendId],
     retry: Option<&'static str>,
-) -> Result<Lease, &'static str> {
+) -> Result<Lease, PickError> {
     let answer = pool
         .call(
             |reply| PoolMsg::Pick {
@@ -234,14 +308,8 @@ async fn pick(
         )
         .await;
     match answer {
-        Ok(ractor::rpc::CallResult::Success(Ok(lease))) => Ok(lease),
-        Ok(ractor::rpc::CallResult::Success(Err(NoBackend::NoneAvailable))) => {
-            Err("no backend available")
-        }
-        Ok(ractor::rpc::CallResult::Success(Err(NoBackend::BudgetExhausted))) => {
-            Err("retry budget exhausted")
-        }
-        _ => Err("upstream pool not answering"),
+        Ok(ractor::rpc::CallResult::Success(answer)) => answer.map_err(PickError::NoBackend),
+        _ => Err(PickError::NotAnswering),
     }
 }
 

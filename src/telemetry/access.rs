@@ -1,0 +1,165 @@
+//! The access log and the request id. Every request on the proxy listener gets one `info` event
+//! under the target `fulcrum::access` (`RUST_LOG=fulcrum::access=off` silences it, as does
+//! `[log] access = false`), written when the response's last byte is out or the client goes
+//! away first, as nginx writes its log after the response. The same moment records the
+//! client-seen duration histogram, so the log and the metric agree.
+//!
+//! The request id is the client's `x-request-id` when it sent a usable one (1 to 128 visible
+//! ASCII characters), else 32 random hex digits; it goes to the backend and back to the client.
+
+use super::metrics::{BackendMetrics, UpstreamMetrics};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// The tracing target of access events.
+pub const TARGET: &str = "fulcrum::access";
+
+/// The request id header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-sent request id kept.
+const MAX_ID_LEN: usize = 128;
+
+/// The request's id: the client's, if usable, else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&REQUEST_ID) {
+        Some(v) if usable(v.as_bytes()) => v.clone(),
+        _ => new_id(),
+    }
+}
+
+fn usable(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.iter().all(u8::is_ascii_graphic)
+}
+
+fn new_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    // Hex digits are always a valid header value.
+    HeaderValue::try_from(format!("{id:032x}")).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// One request's entry, filled in along the request path; written, with the metrics it feeds,
+/// when dropped.
+pub struct Access {
+    started: Instant,
+    request_id: HeaderValue,
+    client: SocketAddr,
+    method: Method,
+    /// The path, kept only when the event will be written.
+    path: Option<String>,
+    upstream: Option<(Arc<str>, Arc<UpstreamMetrics>)>,
+    backend: Option<Arc<str>>,
+    /// The backend whose response is the answer, if one is.
+    answered_by: Option<Arc<BackendMetrics>>,
+    tries: u32,
+    status: u16,
+}
+
+impl Access {
+    /// The entry of a request that arrived at `started`; `log` says whether to write it.
+    pub fn new(
+        method: &Method,
+        path: &str,
+        client: SocketAddr,
+        request_id: HeaderValue,
+        log: bool,
+        started: Instant,
+    ) -> Access {
+        let log = log && tracing::enabled!(target: TARGET, tracing::Level::INFO);
+        Access {
+            started,
+            request_id,
+            client,
+            method: method.clone(),
+            path: log.then(|| path.to_string()),
+            upstream: None,
+            backend: None,
+            answered_by: None,
+            tries: 0,
+            status: 0,
+        }
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The request was routed to `name`.
+    pub fn routed(&mut self, name: Arc<str>, metrics: Arc<UpstreamMetrics>) {
+        self.upstream = Some((name, metrics));
+    }
+
+    /// A try goes to `backend`.
+    pub fn try_to(&mut self, backend: Arc<str>) {
+        self.tries += 1;
+        self.backend = Some(backend);
+        self.answered_by = None;
+    }
+
+    /// The last try's backend answered (`Some`), or its answer is not the one kept (`None`).
+    pub fn answered_by(&mut self, backend: Option<Arc<BackendMetrics>>) {
+        self.answered_by = backend;
+    }
+
+    /// The upstream's metrics, once routed.
+    pub fn upstream_metrics(&self) -> Option<&UpstreamMetrics> {
+        self.upstream.as_ref().map(|(_, m)| &**m)
+    }
+
+    /// The response's headers go out with `status`: counted now, logged when the body ends.
+    pub fn respond(&mut self, status: u16) {
+        self.status = status;
+        if let Some(b) = &self.answered_by {
+            b.forwarded(status);
+        }
+        if let Some((_, u)) = &self.upstream {
+            u.response(status);
+        }
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        if let Some((_, u)) = &self.upstream {
+            u.duration(elapsed.as_secs_f64());
+        }
+        let Some(path) = &self.path else { return };
+        tracing::info!(
+            target: TARGET,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            client = %self.client.ip(),
+            method = %self.method,
+            path = %path,
+            upstream = self.upstream.as_ref().map_or("-", |(n, _)| &**n),
+            backend = self.backend.as_deref().unwrap_or("-"),
+            status = self.status,
+            tries = self.tries,
+            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usable_client_id_is_kept_and_anything_else_replaced() {
+        let mut h = HeaderMap::new();
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 32);
+        assert!(fresh.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(fresh, request_id(&h), "ids are random");
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        for bad in ["", "has space", &"x".repeat(129)] {
+            h.insert(REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(request_id(&h).len(), 32, "{bad:?} replaced");
+        }
+    }
+}
