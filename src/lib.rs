@@ -2,8 +2,9 @@
 //!
 //! Layers (architecture.md): the frontend ([`proxy`]) routes and forwards; one pool actor per
 //! upstream ([`pool`]) answers "which backend?"; one backend actor per backend folds outcomes
-//! into the pure [`policy`] structs. [`server`] wires them from a [`config`]; [`cli`] is the
-//! command line.
+//! into the pure [`policy`] structs. [`server`] wires them from a [`config`]; [`admin`] serves
+//! /metrics and /status; [`telemetry`] owns the metrics, the access log and logging; [`cli`] is
+//! the command line.
 #![forbid(unsafe_code)]
 
 pub mod admin;

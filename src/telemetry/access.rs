@@ -130,12 +130,12 @@ impl Drop for Access {
         let Some(path) = &self.path else { return };
         tracing::info!(
             target: TARGET,
-            request_id = self.request_id.to_str().unwrap_or("-"),
+            request_id = %self.request_id.to_str().unwrap_or("-"),
             client = %self.client.ip(),
             method = %self.method,
             path = %path,
-            upstream = self.upstream.as_ref().map_or("-", |(n, _)| &**n),
-            backend = self.backend.as_deref().unwrap_or("-"),
+            upstream = %self.upstream.as_ref().map_or("-", |(n, _)| &**n),
+            backend = %self.backend.as_deref().unwrap_or("-"),
             status = self.status,
             tries = self.tries,
             duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
