@@ -77,6 +77,7 @@ impl Scrape {
 
 #[tokio::test]
 async fn every_metric_is_served_with_its_type_and_labels_and_counts_what_clients_saw() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::errors(0.5, 503));
     let server = start(&tuned(&bs, &Tuning::default())).await;
@@ -155,6 +156,7 @@ async fn every_metric_is_served_with_its_type_and_labels_and_counts_what_clients
 
 #[tokio::test]
 async fn a_slow_backend_shows_its_ewma_rise_and_its_weight_fall() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     // Adaptive shuns the slow one, and its estimate decays while nobody asks it (so that it is
     // tried again): a long decay keeps what a scrape reads near its last 300 ms sample.
@@ -188,6 +190,7 @@ async fn a_slow_backend_shows_its_ewma_rise_and_its_weight_fall() {
 
 #[tokio::test]
 async fn a_dead_backend_shows_an_open_breaker_and_its_transition() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let t = Tuning {
         // round_robin keeps offering it requests, and the probes are too slow to act first: the
@@ -233,6 +236,7 @@ async fn a_dead_backend_shows_an_open_breaker_and_its_transition() {
 
 #[tokio::test]
 async fn status_says_what_metrics_says() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[1].set_fault(Fault::latency(Duration::from_millis(40)));
     let server = start(&tuned(&bs, &Tuning::default())).await;

@@ -14,6 +14,7 @@ fn secs(s: f64) -> Duration {
 
 #[tokio::test]
 async fn slow_backend_gets_under_10_percent_once_the_ewma_settles() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::latency(Duration::from_millis(100)));
     let server = start(&tuned(&bs, &Tuning::default())).await;
@@ -29,6 +30,7 @@ async fn slow_backend_gets_under_10_percent_once_the_ewma_settles() {
 
 #[tokio::test]
 async fn errors_open_the_breaker_on_the_rate() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::errors(0.5, 503));
     let t = Tuning {
@@ -55,6 +57,7 @@ async fn errors_open_the_breaker_on_the_rate() {
 
 #[tokio::test]
 async fn errors_make_the_weight_fall() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::errors(0.5, 503));
     let server = start(&tuned(&bs, &Tuning::default())).await;
@@ -73,6 +76,7 @@ async fn errors_make_the_weight_fall() {
 
 #[tokio::test]
 async fn a_dead_backend_is_out_within_a_second_and_not_tried_while_open() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let t = Tuning {
         breaker: "consecutive_failures = 5\nopen_base = \"10s\"\nopen_max = \"10s\"\n".into(),
@@ -100,6 +104,7 @@ async fn a_dead_backend_is_out_within_a_second_and_not_tried_while_open() {
 
 #[tokio::test]
 async fn a_hung_backend_is_avoided_at_once_and_out_within_seconds() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let server = start(&tuned(&bs, &Tuning::default())).await;
     paced(server.proxy_addr(), 100, secs(0.5)).await;
@@ -124,6 +129,7 @@ async fn a_hung_backend_is_avoided_at_once_and_out_within_seconds() {
 
 #[tokio::test]
 async fn a_flapping_backend_is_held_out_ever_longer() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let t = Tuning {
         // round_robin keeps offering it traffic, and the probes never take it out: the breaker
@@ -165,6 +171,7 @@ async fn a_flapping_backend_is_held_out_ever_longer() {
 
 #[tokio::test]
 async fn a_recovered_backend_is_found_by_the_probes_and_ramps_up() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[1].set_fault(Fault::dead());
     let server = start(&tuned(&bs, &Tuning::default())).await;
@@ -199,6 +206,7 @@ async fn a_recovered_backend_is_found_by_the_probes_and_ramps_up() {
 
 #[tokio::test]
 async fn all_down_is_an_immediate_503_and_traffic_returns_after() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let server = start(&tuned(&bs, &Tuning::default())).await;
     paced(server.proxy_addr(), 100, secs(0.5)).await;
@@ -234,6 +242,7 @@ async fn all_down_is_an_immediate_503_and_traffic_returns_after() {
 
 #[tokio::test]
 async fn tcp_probes_only_connect() {
+    let _timed = one_at_a_time().await;
     let bs = backends(1).await;
     bs[0].set_health_fault(Fault::errors(1.0, 503));
     // The same backend behind two upstreams: one probes over HTTP, one by connecting.

@@ -31,6 +31,7 @@ fn no_ejection() -> Tuning {
 
 #[tokio::test]
 async fn dead_every_get_succeeds() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let server = start(&tuned(&bs, &Tuning::default())).await;
     paced(server.proxy_addr(), 100, secs(0.3)).await;
@@ -47,6 +48,7 @@ async fn dead_every_get_succeeds() {
 
 #[tokio::test]
 async fn errors_half_503_still_99_percent_succeed() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::errors(0.5, 503));
     // Round robin and no ejection: a third of the requests meet the fault first.
@@ -64,6 +66,7 @@ async fn errors_half_503_still_99_percent_succeed() {
 
 #[tokio::test]
 async fn reset_still_99_percent_succeed() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[1].set_fault(Fault::reset());
     let server = start(&tuned(&bs, &no_ejection())).await;
@@ -74,6 +77,7 @@ async fn reset_still_99_percent_succeed() {
 
 #[tokio::test]
 async fn hang_still_99_percent_succeed_and_none_waits_past_one_timeout() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     let t = Tuning {
         timeouts: "connect = \"200ms\"\nresponse = \"500ms\"\n".into(),
@@ -168,6 +172,7 @@ async fn no_backend_is_tried_twice_for_one_request() {
 
 #[tokio::test]
 async fn the_budget_stops_a_retry_storm() {
+    let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     for b in &bs {
         b.set_fault(Fault::errors(1.0, 503));
@@ -247,6 +252,7 @@ async fn a_body_over_the_replay_limit_is_not_retried_and_is_counted() {
 
 #[tokio::test]
 async fn a_pool_idle_below_the_backend_keep_alive_never_meets_a_closing_connection() {
+    let _timed = one_at_a_time().await;
     let bs = backends(1).await;
     // The backend drops connections idle for 80 ms; fulcrum's pool lets them go after 40 ms.
     // (With the pool's idle above the backend's keep-alive, a request can be written on a
