@@ -279,3 +279,35 @@ async fn tcp_probes_only_connect() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn at_max_inflight_a_request_gets_an_immediate_503_not_a_queue() {
+    let bs = backends(1).await;
+    bs[0].set_fault(Fault::hang());
+    let server = start(&one_upstream(
+        "round_robin",
+        &bs,
+        &[],
+        "[upstreams.circuit_breaker]\nmax_inflight = 2\n[upstreams.timeouts]\nresponse = \"10s\"\n",
+    ))
+    .await;
+    let addr = server.proxy_addr();
+    let c = client();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get(&c, addr, "/", None).await })
+        })
+        .collect();
+    bs[0].wait_requests(2).await;
+    let asked = tokio::time::Instant::now();
+    let a = get(&c, addr, "/", None).await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert!(a.body.contains("all backends at capacity"), "{}", a.body);
+    assert!(asked.elapsed() < secs(1.0), "not immediate");
+    assert_eq!(bs[0].requests(), 2, "the third never reached the backend");
+    for h in held {
+        h.abort();
+    }
+    server.shutdown().await;
+}

@@ -53,6 +53,10 @@ struct Inner {
     listening: watch::Sender<bool>,
     /// Idle keep-alive connections are closed after this many ms; 0: kept open.
     keep_alive_ms: AtomicU64,
+    /// Requests served at once (not `/health`); the rest wait their turn. None: no limit.
+    workers: std::sync::Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// The `x-request-id` of every request received, with how often, once asked to keep them.
+    ids: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>>,
 }
 
 impl Backend {
@@ -82,6 +86,8 @@ impl Backend {
             gate: watch::Sender::new(false),
             listening: watch::Sender::new(false),
             keep_alive_ms: AtomicU64::new(0),
+            workers: std::sync::Mutex::new(None),
+            ids: std::sync::Mutex::new(None),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(supervise(listener, inner.clone(), stopped));
@@ -124,6 +130,24 @@ impl Backend {
     /// that fails a share of requests still passes its health checks).
     pub fn health_fault(&self) -> Fault {
         self.inner.health_fault()
+    }
+
+    /// Serves at most `n` requests at once, as a server with `n` workers does: the others queue
+    /// (their latency grows) until a worker is free. `None` lifts the limit. `/health` is
+    /// answered apart, as a server's health thread is.
+    pub fn set_capacity(&self, n: Option<u32>) {
+        let sem = n.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+        *lock(&self.inner.workers) = sem;
+    }
+
+    /// Starts keeping the `x-request-id` of every request received from now on.
+    pub fn keep_request_ids(&self) {
+        lock(&self.inner.ids).get_or_insert_with(Default::default);
+    }
+
+    /// The request ids received since [`Backend::keep_request_ids`], with how often each came.
+    pub fn request_ids(&self) -> std::collections::HashMap<String, u32> {
+        lock(&self.inner.ids).clone().unwrap_or_default()
     }
 
     /// Requests received on any path but `/health`, answered or not.
@@ -315,7 +339,21 @@ async fn respond(
         inner.health_fault()
     } else {
         inner.requests.send_modify(|r| *r += 1);
+        if let Some(ids) = lock(&inner.ids).as_mut() {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+            *ids.entry(id.unwrap_or("").to_string()).or_insert(0) += 1;
+        }
         *inner.traffic.borrow()
+    };
+    // A worker is held from here to the answer: the latency below is its service time.
+    let workers = if is_health {
+        None
+    } else {
+        lock(&inner.workers).clone()
+    };
+    let _worker = match workers {
+        Some(w) => w.acquire_owned().await.ok(),
+        None => None,
     };
     let (parts, body) = req.into_parts();
     match fault.mode {
@@ -377,6 +415,11 @@ async fn respond(
         resp.headers_mut().insert("x-backend", v);
     }
     resp
+}
+
+/// Locks a mutex whose data stays valid whatever a panicking holder did.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn inner_keep_alive(inner: &Inner) -> Option<Duration> {

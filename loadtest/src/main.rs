@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use loadtest::{Backend, Fault};
+use loadtest::report::Report;
+use loadtest::scenario::Scenario;
+use loadtest::{run, Backend, Fault};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +50,41 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         keep_alive: Option<Duration>,
     },
+    /// Run a fault-injection scenario against the fulcrum binary and report what clients saw.
+    Run {
+        /// A scenario file; with --all, a folder of them (default: loadtest/scenarios).
+        path: Option<PathBuf>,
+        /// Run every scenario of the folder, one after another, and print one markdown table.
+        #[arg(long)]
+        all: bool,
+        /// The fulcrum binary (default: `fulcrum` beside this program).
+        #[arg(long)]
+        fulcrum: Option<PathBuf>,
+        /// The short form of each scenario: a few seconds, the timeline scaled to it.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON (with --all: an array of reports).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw each backend's share and the success ratio per second as SVG (with --all: a
+        /// folder, one file per scenario).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// With --all: write the table as markdown, with the date and the command.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() {
-    tracing_init();
     let cli = Cli::parse();
+    tracing_init(if matches!(cli.command, Command::Run { .. }) {
+        // The backends' fault switches would interleave with the progress line.
+        "warn"
+    } else {
+        "info"
+    });
     let code = match cli.command {
         Command::Backend {
             listen,
@@ -75,6 +107,25 @@ async fn main() {
                 ..Fault::OK
             });
             run_backend(listen, &id, fault, control, keep_alive).await
+        }
+        Command::Run {
+            path,
+            all,
+            fulcrum,
+            quick,
+            json,
+            plot,
+            results,
+        } => {
+            let files = Files { json, plot, results };
+            match run_scenarios(path, all, fulcrum, quick, &files).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    2
+                }
+            }
         }
     };
     std::process::exit(code);
@@ -120,10 +171,155 @@ async fn run_backend(
     0
 }
 
-/// Logs to stderr: fault switches at info; `RUST_LOG` filters.
-fn tracing_init() {
+/// Where a run's outputs go.
+struct Files {
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    results: Option<PathBuf>,
+}
+
+/// The scenarios' folder: `loadtest/scenarios` from here, or where this crate was built.
+fn default_folder() -> PathBuf {
+    let here = PathBuf::from("loadtest/scenarios");
+    if here.is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+    }
+}
+
+/// `fulcrum` beside this program, as cargo builds both into one folder.
+fn default_fulcrum() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let beside = exe.with_file_name(format!("fulcrum{}", std::env::consts::EXE_SUFFIX));
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Err(format!(
+            "no fulcrum binary at {}: build it (cargo build --release) or pass --fulcrum PATH",
+            beside.display()
+        ))
+    }
+}
+
+/// Runs one scenario or all; Ok(true) when every expectation held.
+async fn run_scenarios(
+    path: Option<PathBuf>,
+    all: bool,
+    fulcrum: Option<PathBuf>,
+    quick: bool,
+    files: &Files,
+) -> Result<bool, String> {
+    let fulcrum = match fulcrum {
+        Some(f) => f,
+        None => default_fulcrum()?,
+    };
+    let scenario_files = if all {
+        let folder = path.unwrap_or_else(default_folder);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map_err(|e| format!("{}: {e}", folder.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            return Err(format!("no scenario files in {}", folder.display()));
+        }
+        found
+    } else {
+        vec![path.ok_or("a scenario file, or --all")?]
+    };
+    // Every file is checked before anything runs.
+    let scenarios = scenario_files
+        .iter()
+        .map(|p| Scenario::load(p).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = run::Options {
+        fulcrum,
+        progress: true,
+    };
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for s in &scenarios {
+        let s = if quick { s.quick() } else { s.clone() };
+        let outcome = match run::run(&s, quick, &opts).await {
+            Ok(o) => o,
+            // One scenario that cannot run does not stop the others.
+            Err(e) if all => {
+                eprintln!("loadtest: {}: {e}", s.name);
+                errors.push((s.name.clone(), e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", s.name)),
+        };
+        let report = Report::new(&outcome);
+        println!("{}", report.text());
+        if let Some(plot) = &files.plot {
+            let out = if all {
+                std::fs::create_dir_all(plot).map_err(|e| format!("{}: {e}", plot.display()))?;
+                plot.join(format!("{}.svg", s.name))
+            } else {
+                plot.clone()
+            };
+            std::fs::write(&out, loadtest::plot::svg(&report))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        reports.push(report);
+    }
+    if all {
+        let mut table = markdown_table(&reports);
+        for (name, e) in &errors {
+            table.push_str(&format!(
+                "\n| {name} | - | - | - | - | - | - | - | - | ERROR: {} |",
+                e.replace('|', "/")
+            ));
+        }
+        println!("{table}");
+        if let Some(out) = &files.results {
+            let command: Vec<String> = std::env::args().collect();
+            let text = format!(
+                "# fulcrum fault scenarios: results
+
+                 Produced by `loadtest run --all` on {} with:
+
+```
+{}
+```
+
+                 Open-loop load (latency from each request's scheduled send time), 127.0.0.1 only.                  Shares are of fulcrum's tries; detect is until the faulty backend gets under 1%                  of tries in every later second; recover is until the recovered backend's first                  try (for all backends: the first 2xx).
+
+{table}
+",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                command.join(" ")
+            );
+            std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+    }
+    if let Some(out) = &files.json {
+        let text = match reports.first() {
+            Some(one) if !all => serde_json::to_string_pretty(one),
+            _ => serde_json::to_string_pretty(&reports),
+        }
+        .map_err(|e| e.to_string())?;
+        std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(errors.is_empty() && reports.iter().all(|r| r.pass))
+}
+
+fn markdown_table(reports: &[Report]) -> String {
+    let mut t = String::from(Report::markdown_header());
+    for r in reports {
+        t.push('\n');
+        t.push_str(&r.markdown_row());
+    }
+    t
+}
+
+/// Logs to stderr at `level` unless `RUST_LOG` says otherwise.
+fn tracing_init(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

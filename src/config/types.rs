@@ -263,6 +263,10 @@ pub struct CircuitBreaker {
     pub half_open_requests: u32,
     /// Never eject more than this share (percent) of an upstream's backends. Default 50.
     pub max_ejection_percent: u32,
+    /// Requests in flight to one backend at most (Envoy's `max_requests`, HAProxy's
+    /// `maxconn`, per backend); when every backend is at it, a request gets an immediate 503
+    /// rather than a place in a growing queue. 0: no limit. Default 0.
+    pub max_inflight: u32,
 }
 
 impl Default for CircuitBreaker {
@@ -276,6 +280,7 @@ impl Default for CircuitBreaker {
             open_max: Duration::from_secs(60),
             half_open_requests: 3,
             max_ejection_percent: 50,
+            max_inflight: 0,
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum NoBackend {
     /// A retry was refused: the upstream's retry budget is spent.
     #[error("retry budget exhausted")]
     BudgetExhausted,
+    /// Every backend that could take it already has `max_inflight` requests.
+    #[error("all backends at capacity")]
+    AtCapacity,
 }
 
 /// Messages of the pool actor.
@@ -516,9 +519,15 @@ impl PoolState {
         slots.clear();
         // One pass for what each candidate costs; weights need the best of them, so a second.
         let mut best = f64::INFINITY;
+        let cap = self.upstream.circuit_breaker.max_inflight;
+        let mut full = false;
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
             if !self.admits(i, &ejected) || exclude.contains(&s.shared.id) {
+                continue;
+            }
+            if cap > 0 && s.shared.inflight() >= cap {
+                full = true;
                 continue;
             }
             let latency = self.effective_latency(i, now);
@@ -544,7 +553,11 @@ impl PoolState {
             .and_then(|c| slots.get(c).copied());
         self.candidates = candidates;
         self.candidate_slots = slots;
-        let i = chosen.ok_or(NoBackend::NoneAvailable)?;
+        let i = chosen.ok_or(if full {
+            NoBackend::AtCapacity
+        } else {
+            NoBackend::NoneAvailable
+        })?;
         // The budget is asked only once there is somewhere to go: a retry with nowhere to go
         // spends nothing.
         match retry {

@@ -165,7 +165,11 @@ impl Proxy {
             let lease = match pick(&upstream.pool, key, &tried, retry_reason).await {
                 Ok(lease) => lease,
                 Err(e) => {
-                    if last.is_none() && e == PickError::NoBackend(NoBackend::NoneAvailable) {
+                    let none = matches!(
+                        e,
+                        PickError::NoBackend(NoBackend::NoneAvailable | NoBackend::AtCapacity)
+                    );
+                    if last.is_none() && none {
                         upstream.metrics.no_backend();
                     }
                     return answer_failure(last, e.reason());
@@ -283,6 +287,7 @@ impl PickError {
     fn reason(self) -> &'static str {
         match self {
             PickError::NoBackend(NoBackend::NoneAvailable) => "no backend available",
+            PickError::NoBackend(NoBackend::AtCapacity) => "all backends at capacity",
             PickError::NoBackend(NoBackend::BudgetExhausted) => "retry budget exhausted",
             PickError::NotAnswering => "upstream pool not answering",
         }
