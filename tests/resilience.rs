@@ -311,3 +311,30 @@ async fn at_max_inflight_a_request_gets_an_immediate_503_not_a_queue() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_half_open_backend_gets_its_trials_though_its_estimates_are_poor() {
+    let _timed = one_at_a_time().await;
+    let bs = backends(3).await;
+    bs[2].set_fault(Fault::errors(1.0, 503));
+    let t = Tuning {
+        // Adaptive shuns it after its first failure: one failure must be enough to trip.
+        breaker: "consecutive_failures = 1\nopen_base = \"300ms\"\nopen_max = \"300ms\"\n\
+                  half_open_requests = 3\n"
+            .into(),
+        // A slow decay keeps the failures' penalty latency in its estimate: by cost alone,
+        // adaptive would not pick it for a long while.
+        adaptive: "ewma_decay = \"60s\"\nslow_start = \"1s\"\nmin_weight_ratio = 0.05\n".into(),
+        ..Tuning::default()
+    };
+    let server = start(&tuned(&bs, &t)).await;
+    paced(server.proxy_addr(), 100, secs(1.0)).await;
+    assert!(pool_status(&server).await.backends[2].circuit_opens >= 1);
+    bs[2].set_fault(Fault::OK);
+    let records = paced(server.proxy_addr(), 100, secs(1.5)).await;
+    assert!(records.iter().all(|r| r.status == 200));
+    let s = pool_status(&server).await;
+    assert_eq!(s.backends[2].circuit_state, "closed", "{s:#?}");
+    assert!(served_by(&records, "b2") >= 3, "its trials were served");
+    server.shutdown().await;
+}

@@ -340,7 +340,10 @@ async fn respond(
     } else {
         inner.requests.send_modify(|r| *r += 1);
         if let Some(ids) = lock(&inner.ids).as_mut() {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok());
             *ids.entry(id.unwrap_or("").to_string()).or_insert(0) += 1;
         }
         *inner.traffic.borrow()

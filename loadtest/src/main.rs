@@ -117,7 +117,11 @@ async fn main() {
             plot,
             results,
         } => {
-            let files = Files { json, plot, results };
+            let files = Files {
+                json,
+                plot,
+                results,
+            };
             match run_scenarios(path, all, fulcrum, quick, &files).await {
                 Ok(true) => 0,
                 Ok(false) => 1,

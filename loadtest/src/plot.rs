@@ -104,7 +104,11 @@ pub fn svg(r: &Report) -> String {
     for (i, b) in r.backends.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let _ = writeln!(o, "{}", polyline(&b.per_second, colour, ""));
-        legend.push((format!("{} ({:.1}%)", b.backend, b.share * 100.0), colour, ""));
+        legend.push((
+            format!("{} ({:.1}%)", b.backend, b.share * 100.0),
+            colour,
+            "",
+        ));
     }
     let _ = writeln!(
         o,

@@ -173,22 +173,19 @@ impl Report {
         let ok = records.iter().filter(|r| r.ok()).count() as u64;
         let mut failures = BTreeMap::new();
         for r in records.iter().filter(|r| !r.ok()) {
-            let key = r
-                .error
-                .map_or_else(|| r.status.to_string(), str::to_string);
+            let key = r.error.map_or_else(|| r.status.to_string(), str::to_string);
             *failures.entry(key).or_insert(0) += 1;
         }
-        let (latency_ms, _) =
-            percentiles(records.iter().map(|r| r.latency)).unwrap_or((
-                Percentiles {
-                    p50: 0.0,
-                    p90: 0.0,
-                    p99: 0.0,
-                    p999: 0.0,
-                    max: 0.0,
-                },
-                0,
-            ));
+        let (latency_ms, _) = percentiles(records.iter().map(|r| r.latency)).unwrap_or((
+            Percentiles {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+            },
+            0,
+        ));
         let failure_p99_ms =
             percentiles(records.iter().filter(|r| !r.ok()).map(|r| r.latency)).map(|(p, _)| p.p99);
         let seconds = end.as_secs_f64().ceil() as u64;
@@ -199,18 +196,21 @@ impl Report {
                 share: share(samples, b, Duration::ZERO, end + SAMPLE_PERIOD * 10).unwrap_or(0.0),
                 per_second: (0..seconds)
                     .map(|k| {
-                        share(samples, b, Duration::from_secs(k), Duration::from_secs(k + 1))
-                            .unwrap_or(0.0)
+                        share(
+                            samples,
+                            b,
+                            Duration::from_secs(k),
+                            Duration::from_secs(k + 1),
+                        )
+                        .unwrap_or(0.0)
                     })
                     .collect(),
             })
             .collect();
         let success_per_second = (0..seconds)
             .map(|k| {
-                let in_second: Vec<&Record> = records
-                    .iter()
-                    .filter(|r| r.sent.as_secs() == k)
-                    .collect();
+                let in_second: Vec<&Record> =
+                    records.iter().filter(|r| r.sent.as_secs() == k).collect();
                 if in_second.is_empty() {
                     1.0
                 } else {
@@ -227,8 +227,8 @@ impl Report {
                 .iter()
                 .find(|e| !e.recovery && (&e.backend == f || e.backend == "all"))
                 .map(|e| {
-                    let until = next_event_for(&run.events, f, e.at)
-                        .map_or(end.as_secs_f64(), |n| n.at);
+                    let until =
+                        next_event_for(&run.events, f, e.at).map_or(end.as_secs_f64(), |n| n.at);
                     (e.at, until)
                 })
         });
@@ -249,7 +249,9 @@ impl Report {
                 let before = picks_at(samples, secs(e.at)).get(b).copied()?;
                 samples
                     .iter()
-                    .find(|x| x.t.as_secs_f64() > e.at && x.picks.get(b).is_some_and(|p| *p > before))
+                    .find(|x| {
+                        x.t.as_secs_f64() > e.at && x.picks.get(b).is_some_and(|p| *p > before)
+                    })
                     .map(|x| x.t.as_secs_f64() - e.at)
             }
         });
@@ -373,19 +375,27 @@ impl Report {
         if let Some(min) = e.min_final_share {
             let end = s.load.duration;
             let from = end.saturating_sub(e.final_window);
-            let b = run
-                .events
+            // The backend that recovered last; after `all`, every one (the least share counts).
+            let recovered: Vec<usize> = match run.events.iter().rev().find(|x| x.recovery) {
+                Some(x) if x.backend == "all" => (0..s.backends.count).collect(),
+                Some(x) => s.backend_index(&x.backend).into_iter().collect(),
+                None => s.faulty().into_iter().collect(),
+            };
+            let got = recovered
                 .iter()
-                .rev()
-                .find(|x| x.recovery && x.backend != "all")
-                .and_then(|x| s.backend_index(&x.backend))
-                .or(s.faulty());
-            let got = b.and_then(|b| share(&run.samples, b, from, end + SAMPLE_PERIOD * 10));
+                .map(|&b| share(&run.samples, b, from, end + SAMPLE_PERIOD * 10))
+                .collect::<Option<Vec<f64>>>()
+                .and_then(|v| v.into_iter().reduce(f64::min));
+            let who: Vec<String> = recovered.iter().map(|b| format!("b{b}")).collect();
             check(
                 "min_final_share",
                 format!(
-                    "b{} >= {:.1}% of tries in the last {}",
-                    b.map_or("?".into(), |b| b.to_string()),
+                    "{} >= {:.1}% of tries in the last {}",
+                    if who.is_empty() {
+                        "?".to_string()
+                    } else {
+                        who.join(", ")
+                    },
                     min * 100.0,
                     humantime::format_duration(e.final_window)
                 ),
@@ -528,7 +538,11 @@ impl Report {
         for (k, ok) in self.success_per_second.iter().enumerate() {
             let _ = write!(o, "  {:>8} s ", k);
             for b in &self.backends {
-                let _ = write!(o, "{:>6.1}", b.per_second.get(k).copied().unwrap_or(0.0) * 100.0);
+                let _ = write!(
+                    o,
+                    "{:>6.1}",
+                    b.per_second.get(k).copied().unwrap_or(0.0) * 100.0
+                );
             }
             let _ = writeln!(o, "{:>8.2}", ok * 100.0);
         }

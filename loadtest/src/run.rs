@@ -130,9 +130,13 @@ pub async fn run(scenario: &Scenario, quick: bool, opts: &Options) -> Result<Run
     let mut backends = Vec::with_capacity(s.backends.count);
     let base = Fault::latency(s.backends.latency);
     for i in 0..s.backends.count {
-        let b = Backend::start_with(&format!("b{i}"), SocketAddr::from(([127, 0, 0, 1], 0)), base)
-            .await
-            .map_err(RunError::Backend)?;
+        let b = Backend::start_with(
+            &format!("b{i}"),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            base,
+        )
+        .await
+        .map_err(RunError::Backend)?;
         b.set_capacity(s.backends.capacity);
         b.keep_request_ids();
         backends.push(Arc::new(b));
@@ -458,11 +462,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Applies the timeline at its times; returns it as applied.
-async fn apply_timeline(
-    s: Scenario,
-    backends: Vec<Arc<Backend>>,
-    start: Instant,
-) -> Vec<Applied> {
+async fn apply_timeline(s: Scenario, backends: Vec<Arc<Backend>>, start: Instant) -> Vec<Applied> {
     let mut out = Vec::new();
     for e in &s.timeline {
         tokio::time::sleep_until(start + e.at).await;
@@ -509,7 +509,11 @@ async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) 
                 s.name,
                 (at - start).as_secs_f64(),
                 s.load.duration.as_secs_f64(),
-                if d == 0 { 100.0 } else { 100.0 * o as f64 / d as f64 }
+                if d == 0 {
+                    100.0
+                } else {
+                    100.0 * o as f64 / d as f64
+                }
             );
         }
         let req = Request::builder()
@@ -517,7 +521,8 @@ async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) 
             .uri(&uri)
             .header("x-request-id", format!("loadtest-{k}"))
             .body(Full::new(body.clone()));
-        let (client, timeout, done, ok) = (client.clone(), s.load.timeout, done.clone(), ok.clone());
+        let (client, timeout, done, ok) =
+            (client.clone(), s.load.timeout, done.clone(), ok.clone());
         tasks.push(tokio::spawn(async move {
             let (status, error) = match req {
                 Ok(req) => one(&client, req, timeout).await,
@@ -553,22 +558,20 @@ async fn one(
     req: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> (u16, Option<&'static str>) {
-    let answer = tokio::time::timeout(timeout, async {
-        let resp = client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                "connect"
-            } else {
-                "broken"
-            }
-        })?;
-        let status = resp.status().as_u16();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|_| "broken")?;
-        Ok::<u16, &'static str>(status)
-    })
-    .await;
+    let answer =
+        tokio::time::timeout(timeout, async {
+            let resp = client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    "connect"
+                } else {
+                    "broken"
+                }
+            })?;
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.map_err(|_| "broken")?;
+            Ok::<u16, &'static str>(status)
+        })
+        .await;
     match answer {
         Ok(Ok(status)) => (status, None),
         Ok(Err(e)) => (0, Some(e)),
@@ -597,7 +600,10 @@ mod tests {
         assert_eq!(up["name"].as_str(), Some("web"));
         assert_eq!(up["algorithm"].as_str(), Some("round_robin"));
         assert_eq!(up["health"]["interval"].as_str(), Some("100ms"));
-        assert_eq!(up["backends"][0]["address"].as_str(), Some("127.0.0.1:9001"));
+        assert_eq!(
+            up["backends"][0]["address"].as_str(),
+            Some("127.0.0.1:9001")
+        );
     }
 
     #[test]

@@ -291,7 +291,10 @@ impl Scenario {
             return Err("load.duration: must be longer than 0".into());
         }
         if http::Method::from_bytes(self.load.method.as_bytes()).is_err() {
-            return Err(format!("load.method: {:?} is not a method", self.load.method));
+            return Err(format!(
+                "load.method: {:?} is not a method",
+                self.load.method
+            ));
         }
         if !self.load.path.starts_with('/') {
             return Err(format!("load.path: {:?} must start with /", self.load.path));
@@ -407,10 +410,22 @@ mod tests {
             ("[load]\nrate = 100\nduration = \"soon\"\n", "duration"),
             ("[load]\nrate = 0\nduration = \"1s\"\n", "load.rate"),
             ("[load]\nrate = 1\nduration = \"1s\"\nspeed = 2\n", "speed"),
-            (&format!("{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"b7\"\nfault = \"dead\"\n"), "timeline[0].backend"),
-            (&format!("{LOAD}[[timeline]]\nat = \"11s\"\nbackend = \"b0\"\nfault = \"dead\"\n"), "timeline[0].at"),
-            (&format!("{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"b0\"\nfault = \"melt\"\n"), "melt"),
-            (&format!("{LOAD}[expect]\nmin_success = 2.0\n"), "expect.min_success"),
+            (
+                &format!("{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"b7\"\nfault = \"dead\"\n"),
+                "timeline[0].backend",
+            ),
+            (
+                &format!("{LOAD}[[timeline]]\nat = \"11s\"\nbackend = \"b0\"\nfault = \"dead\"\n"),
+                "timeline[0].at",
+            ),
+            (
+                &format!("{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"b0\"\nfault = \"melt\"\n"),
+                "melt",
+            ),
+            (
+                &format!("{LOAD}[expect]\nmin_success = 2.0\n"),
+                "expect.min_success",
+            ),
         ] {
             let e = parse(text).expect_err(text);
             assert!(e.contains(key), "{key} not in {e}");

@@ -547,10 +547,18 @@ impl PoolState {
             // mean: its cost grows as its ramp is short.
             c.latency /= ramp;
         }
-        let chosen = self
-            .balancer
-            .pick(&candidates, key, &mut self.rng)
-            .and_then(|c| slots.get(c).copied());
+        // A half-open backend's few trial requests go to it first: judged by the estimates that
+        // tripped its breaker (a failure costs a penalty latency), the balancer would starve
+        // the trials and leave it half-open, out of traffic, long after it recovered.
+        let trial = slots
+            .iter()
+            .copied()
+            .find(|&i| self.slots[i].view.circuit == CircuitState::HalfOpen);
+        let chosen = trial.or_else(|| {
+            self.balancer
+                .pick(&candidates, key, &mut self.rng)
+                .and_then(|c| slots.get(c).copied())
+        });
         self.candidates = candidates;
         self.candidate_slots = slots;
         let i = chosen.ok_or(if full {

@@ -1,0 +1,71 @@
+//! The fault matrix in CI: every scenario of `loadtest/scenarios/` in its quick form (a few
+//! seconds each), run by the loadtest runner against the real fulcrum binary, must meet all its
+//! expectations. `loadtest run --all` runs the same files at full length (loadtest/RESULTS.md).
+
+mod common;
+
+use common::one_at_a_time;
+use loadtest::report::Report;
+use loadtest::run::{self, Options};
+use loadtest::scenario::Scenario;
+use std::path::{Path, PathBuf};
+
+fn folder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios")
+}
+
+/// Runs scenario `name` in its quick form; panics with its report unless it passes.
+async fn holds(name: &str) {
+    // One at a time: each drives hundreds of requests a second on a 2-core machine.
+    let _timed = one_at_a_time().await;
+    let scenario = Scenario::load(&folder().join(format!("{name}.toml")))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .quick();
+    let opts = Options {
+        fulcrum: PathBuf::from(env!("CARGO_BIN_EXE_fulcrum")),
+        progress: false,
+    };
+    let run = run::run(&scenario, true, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let report = Report::new(&run);
+    assert!(report.pass, "{}", report.text());
+}
+
+macro_rules! scenarios {
+    ($($test:ident => $file:literal),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                holds($file).await;
+            }
+        )*
+
+        /// Every scenario file has its test here, so none is left out of CI.
+        #[test]
+        fn every_scenario_file_is_run() {
+            let mut files: Vec<String> = std::fs::read_dir(folder())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+                .collect();
+            files.sort();
+            let mut tested = vec![$($file.to_string()),*];
+            tested.sort();
+            assert_eq!(files, tested);
+        }
+    };
+}
+
+scenarios! {
+    slow => "slow",
+    errors => "errors",
+    dead => "dead",
+    hang => "hang",
+    reset => "reset",
+    flap => "flap",
+    recover => "recover",
+    all_down => "all-down",
+    overload => "overload",
+    post => "post",
+}
