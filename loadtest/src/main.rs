@@ -282,20 +282,17 @@ async fn run_scenarios(
         if let Some(out) = &files.results {
             let command: Vec<String> = std::env::args().collect();
             let text = format!(
-                "# fulcrum fault scenarios: results
-
-                 Produced by `loadtest run --all` on {} with:
-
-```
-{}
-```
-
-                 Open-loop load (latency from each request's scheduled send time), 127.0.0.1 only.                  Shares are of fulcrum's tries; detect is until the faulty backend gets under 1%                  of tries in every later second; recover is until the recovered backend's first                  try (for all backends: the first 2xx).
-
-{table}
-",
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-                command.join(" ")
+                "# fulcrum fault scenarios: results\n\n\
+                 Produced by `loadtest run --all` on {date} with:\n\n\
+                 ```\n{command}\n```\n\n\
+                 Open-loop load (latency from each request's scheduled send time), 127.0.0.1 \
+                 only, 3 in-process backends, fulcrum as a child process. Shares are of \
+                 fulcrum's tries; detect is until the faulty backend gets under 1% of tries in \
+                 every later second; recover is until the recovered backend's first try (for \
+                 all backends: the first 2xx). Each scenario's file says what it expects and \
+                 why; `loadtest run FILE` prints its whole report.\n\n{table}\n",
+                date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                command = command.join(" ")
             );
             std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
         }

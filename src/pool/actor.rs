@@ -5,11 +5,11 @@
 //!
 //! What a pick may choose: a backend whose actor runs and whose probes pass; not one whose
 //! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one whose
-//! breaker is half-open only for its `half_open_requests` trial requests. `adaptive` and
-//! `p2c_ewma` see dynamic weights ([`crate::policy::weight`]) and effective latencies divided by
-//! the slow-start factor (a returning backend's estimate restarts at the pool's mean and decays
-//! while idle, so without that it would win every duel and skip its ramp); the other algorithms
-//! see static weights scaled by slow start.
+//! breaker is half-open only for its `half_open_requests` trial requests, which go to it ahead of
+//! the algorithm. `adaptive` and `p2c_ewma` see dynamic weights ([`crate::policy::weight`]),
+//! effective latencies, and which backends are ramping (a ramping one never wins a duel by
+//! looking cheaper: see [`crate::policy::balance::p2c`]); the other algorithms see static
+//! weights scaled by slow start.
 //!
 //! Metrics: the pool publishes each backend's weight, EWMA, success rate, rotation and breaker
 //! gauges whenever a backend's view or probe result changes them, and again on every scrape
@@ -537,15 +537,14 @@ impl PoolState {
                 weight: 0.0,
                 inflight: s.shared.inflight(),
                 latency,
+                ramping: false,
             });
             slots.push(i);
         }
         for (c, &i) in candidates.iter_mut().zip(&slots) {
             let ramp = self.ramp(i, now);
             c.weight = self.weight(i, c.latency, best, ramp);
-            // A ramping backend must not win duels on an estimate that restarted at the pool's
-            // mean: its cost grows as its ramp is short.
-            c.latency /= ramp;
+            c.ramping = ramp < 1.0;
         }
         // A half-open backend's few trial requests go to it first: judged by the estimates that
         // tripped its breaker (a failure costs a penalty latency), the balancer would starve

@@ -33,6 +33,9 @@ pub struct Candidate {
     pub inflight: u32,
     /// Estimated latency in seconds (peak EWMA); the cost basis of the p2c algorithms.
     pub latency: f64,
+    /// In its slow-start ramp: its estimate restarted at the pool's mean and decays while it
+    /// is idle, so the p2c algorithms never let it win a duel by looking cheaper.
+    pub ramping: bool,
 }
 
 /// A balancing algorithm: picks one of `candidates`.
@@ -94,6 +97,7 @@ pub(crate) mod testutil {
                 weight: *w,
                 inflight: 0,
                 latency: 0.01,
+                ramping: false,
             })
             .collect()
     }

@@ -12,6 +12,13 @@
 //!
 //! Counting what is in flight is what makes a hung backend look worse within milliseconds:
 //! its requests never complete, so its in-flight count climbs while its EWMA cannot.
+//!
+//! A backend in its slow-start ramp never wins a duel by being cheaper (its estimate restarted
+//! at the pool's mean and decays while idle, so it would win them all and skip its ramp); it
+//! wins as the first drawn unless the other is decisively cheaper. Under `adaptive` its draws
+//! follow its ramped weight, so its share grows with the ramp from the first moment. (Dividing
+//! its cost by the ramp instead starved it: at 10% of its weight its cost was ten times the
+//! others', and it got nothing until a third of the ramp was over.)
 
 use super::weighted::weighted_index;
 use super::{Balancer, Candidate};
@@ -71,7 +78,11 @@ impl Balancer for PowerOfTwo {
                     b = (a + 1 + rng.random_range(0..n - 1)) % n;
                 }
                 let (ca, cb) = (Self::cost(&candidates[a]), Self::cost(&candidates[b]));
-                Some(if cb * self.decisive < ca { b } else { a })
+                Some(if !candidates[b].ramping && cb * self.decisive < ca {
+                    b
+                } else {
+                    a
+                })
             }
         }
     }
@@ -137,6 +148,20 @@ mod tests {
         c[1].latency = c[0].latency;
         c[1].inflight = 3; // cost 4x: load counts as much as latency
         assert_eq!(counts(&mut PowerOfTwo::weighted(), &c, 1000), vec![1000, 0]);
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_ramped_share_from_the_start_never_more() {
+        // At 10% of its weight, with an estimate decayed far below the others'.
+        let mut c = cands(&[1.0, 1.0, 0.1]);
+        c[2].latency = c[0].latency / 100.0;
+        c[2].ramping = true;
+        let n = counts(&mut PowerOfTwo::weighted(), &c, 10_000);
+        // Drawn first about 0.1 / 2.1 of the time, and it wins then: some, not a flood.
+        assert!((300..700).contains(&n[2]), "{n:?}");
+        c[2].ramping = false;
+        let flooded = counts(&mut PowerOfTwo::weighted(), &c, 10_000);
+        assert!(flooded[2] > 2 * n[2], "its low estimate would win duels: {flooded:?}");
     }
 
     #[test]
