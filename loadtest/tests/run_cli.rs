@@ -43,7 +43,11 @@ fn every_shipped_scenario_loads() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let s = loadtest::scenario::Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!s.description.is_empty(), "{} says what it shows", p.display());
+            assert!(
+                !s.description.is_empty(),
+                "{} says what it shows",
+                p.display()
+            );
             n += 1;
         }
     }

@@ -161,7 +161,10 @@ mod tests {
         assert!((300..700).contains(&n[2]), "{n:?}");
         c[2].ramping = false;
         let flooded = counts(&mut PowerOfTwo::weighted(), &c, 10_000);
-        assert!(flooded[2] > 2 * n[2], "its low estimate would win duels: {flooded:?}");
+        assert!(
+            flooded[2] > 2 * n[2],
+            "its low estimate would win duels: {flooded:?}"
+        );
     }
 
     #[test]
