@@ -20,15 +20,18 @@ pub enum Failure {
     Status(u16),
 }
 
+/// Every `reason` of a retry, as `retry.on` names the failures.
+pub const REASONS: [&str; 4] = ["connect-failure", "reset", "timeout", "status"];
+
 impl Failure {
-    /// The `reason` label of a retry of this failure.
+    /// The `reason` label of a retry of this failure: one of [`REASONS`].
     pub fn reason(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect-failure",
-            Failure::Reset => "reset",
-            Failure::Timeout => "timeout",
-            Failure::Status(_) => "status",
-        }
+        REASONS[match self {
+            Failure::Connect => 0,
+            Failure::Reset => 1,
+            Failure::Timeout => 2,
+            Failure::Status(_) => 3,
+        }]
     }
 }
 

@@ -20,7 +20,7 @@
 //! n-th failure in a row — quick to confirm a fall, gentle on a backend that stays down; after a
 //! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
 
-use super::backend::{circuit_to, BackendActor, BackendArgs, BackendMsg, BackendView};
+use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::lease::{BackendShared, Lease};
 use super::probe;
 use crate::config::{Algorithm, Upstream};
@@ -654,7 +654,7 @@ impl PoolState {
             ewma_seconds: s.view.latency_at(now),
             success_rate: s.view.success_rate,
             healthy: in_rotation,
-            circuit: circuit_to(s.view.circuit),
+            circuit: s.view.circuit,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::policy::ewma::{decayed, failure_sample, PeakEwma};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
-use crate::telemetry::metrics::{BackendMetrics, CircuitTo};
+use crate::telemetry::metrics::BackendMetrics;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,15 +111,6 @@ impl BackendView {
     }
 }
 
-/// A breaker state as the metrics name it.
-pub(crate) fn circuit_to(c: CircuitState) -> CircuitTo {
-    match c {
-        CircuitState::Closed => CircuitTo::Closed,
-        CircuitState::Open { .. } => CircuitTo::Open,
-        CircuitState::HalfOpen => CircuitTo::HalfOpen,
-    }
-}
-
 /// The actor; its state lives in [`BackendState`].
 #[derive(Debug, Default)]
 pub struct BackendActor;
@@ -215,7 +206,7 @@ impl Actor for BackendActor {
             BackendMsg::Tick => state.breaker.poll(now),
         };
         if let Some(circuit) = circuit_change {
-            state.metrics.transition(circuit_to(circuit));
+            state.metrics.transition(circuit);
             state.log_transition(circuit);
             if let CircuitState::Open { until } = circuit {
                 myself.send_after(until.saturating_duration_since(now), || BackendMsg::Tick);

@@ -122,6 +122,7 @@ impl Lease {
         self.shared
             .last_answer
             .store(self.shared.stamp(Instant::now()), Ordering::Relaxed);
+        self.shared.metrics.outcome(outcome.kind, outcome.latency);
         // The actor may be between a failure and its restart; one lost sample is harmless.
         let _ = self.actor.cast(BackendMsg::Outcome(outcome));
     }

@@ -6,7 +6,6 @@ use super::body::ProxyBody;
 use crate::config::Timeouts;
 use crate::policy::retry::Failure;
 use crate::pool::OutcomeKind;
-use crate::telemetry::metrics::FailureKind;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,15 +31,6 @@ impl TryError {
             TryError::Connect => OutcomeKind::Connect,
             TryError::Reset => OutcomeKind::Reset,
             TryError::Timeout => OutcomeKind::Timeout,
-        }
-    }
-
-    /// The kind of failure the metrics count.
-    pub fn kind(self) -> FailureKind {
-        match self {
-            TryError::Connect => FailureKind::Connect,
-            TryError::Reset => FailureKind::Reset,
-            TryError::Timeout => FailureKind::Timeout,
         }
     }
 

@@ -17,7 +17,7 @@ use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
 use crate::telemetry::access::{self, Access};
-use crate::telemetry::metrics::{FailureKind, Metrics, UpstreamMetrics};
+use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use body::{boxed, text, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, TryError};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -195,10 +195,6 @@ impl Proxy {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     let failed = upstream.retry.is_failure_status(status);
-                    lease.metrics().answered(latency.as_secs_f64());
-                    if failed {
-                        lease.metrics().failure(FailureKind::Status);
-                    }
                     entry.answered_by(Some(lease.metrics().clone()));
                     lease.report(Outcome {
                         kind: if failed {
@@ -221,7 +217,6 @@ impl Proxy {
                         kind: e.outcome(),
                         latency,
                     });
-                    lease.metrics().failure(e.kind());
                     entry.answered_by(None);
                     last = Some(LastFailure::Try(e));
                     e.failure()

@@ -104,11 +104,6 @@ impl Access {
         self.answered_by = backend;
     }
 
-    /// The upstream's metrics, once routed.
-    pub fn upstream_metrics(&self) -> Option<&UpstreamMetrics> {
-        self.upstream.as_ref().map(|(_, m)| &**m)
-    }
-
     /// The response's headers go out with `status`: counted now, logged when the body ends.
     pub fn respond(&mut self, status: u16) {
         self.status = status;

@@ -6,9 +6,13 @@
 //! Label values are bounded by construction: upstream names and backend addresses come from the
 //! config, and every other label is one of the fixed enums below.
 
+use crate::policy::breaker::CircuitState;
+use crate::policy::retry::REASONS as RETRY_REASONS;
+use crate::pool::OutcomeKind;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The metric names of metrics.md (the contract), and fulcrum's own additions.
 pub mod names {
@@ -156,37 +160,20 @@ pub const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The `to` values of [`names::CIRCUIT_TRANSITIONS`], in [`CircuitTo`] order.
+/// The `to` values of [`names::CIRCUIT_TRANSITIONS`], in [`circuit_index`] order.
 const CIRCUIT_TO: [&str; 3] = ["closed", "open", "half_open"];
 /// The `code` values of [`names::REQUESTS`] and [`names::RESPONSES`].
 const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// The `kind` values of [`names::UPSTREAM_FAILURES`], in [`FailureKind`] order.
+/// The `kind` values of [`names::UPSTREAM_FAILURES`].
 const FAILURE_KINDS: [&str; 4] = ["connect", "reset", "timeout", "status"];
-/// The `reason` values of [`names::RETRIES`]: the `retry.on` names of the failures.
-pub const RETRY_REASONS: [&str; 4] = ["connect-failure", "reset", "timeout", "status"];
 
-/// A breaker state, as the `to` label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitTo {
-    /// Closed.
-    Closed = 0,
-    /// Open.
-    Open = 1,
-    /// Half-open.
-    HalfOpen = 2,
-}
-
-/// How a try failed, as the `kind` label names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The connect failed or timed out.
-    Connect = 0,
-    /// The connection broke after the request was sent.
-    Reset = 1,
-    /// No response headers in time.
-    Timeout = 2,
-    /// A status that counts as a failure.
-    Status = 3,
+/// A breaker state's index in [`CIRCUIT_TO`], which is also its gauge value.
+fn circuit_index(c: CircuitState) -> usize {
+    match c {
+        CircuitState::Closed => 0,
+        CircuitState::Open { .. } => 1,
+        CircuitState::HalfOpen => 2,
+    }
 }
 
 fn code_index(status: u16) -> usize {
@@ -387,7 +374,7 @@ pub struct Figures {
     /// In rotation.
     pub healthy: bool,
     /// The breaker's state.
-    pub circuit: CircuitTo,
+    pub circuit: CircuitState,
 }
 
 impl BackendMetrics {
@@ -397,7 +384,7 @@ impl BackendMetrics {
         self.ewma.set(f.ewma_seconds);
         self.success_rate.set(f.success_rate);
         self.healthy.set(if f.healthy { 1.0 } else { 0.0 });
-        self.circuit_state.set(f.circuit as u8 as f64);
+        self.circuit_state.set(circuit_index(f.circuit) as f64);
     }
 
     /// One more request in flight (`up`) or one fewer.
@@ -410,8 +397,8 @@ impl BackendMetrics {
     }
 
     /// The breaker entered `to`.
-    pub fn transition(&self, to: CircuitTo) {
-        self.transitions[to as usize].increment(1);
+    pub fn transition(&self, to: CircuitState) {
+        self.transitions[circuit_index(to)].increment(1);
     }
 
     /// An active probe passed or failed.
@@ -419,14 +406,22 @@ impl BackendMetrics {
         self.probes[usize::from(!pass)].increment(1);
     }
 
-    /// A try got response headers after `seconds`.
-    pub fn answered(&self, seconds: f64) {
-        self.upstream_duration.record(seconds);
-    }
-
-    /// A try failed.
-    pub fn failure(&self, kind: FailureKind) {
-        self.failures[kind as usize].increment(1);
+    /// A try ended as `kind` after `latency`: response headers (a failing status too) feed the
+    /// time-to-headers histogram, failures their counter.
+    pub fn outcome(&self, kind: OutcomeKind, latency: Duration) {
+        let failure = match kind {
+            OutcomeKind::Success => None,
+            OutcomeKind::Connect => Some(0),
+            OutcomeKind::Reset => Some(1),
+            OutcomeKind::Timeout => Some(2),
+            OutcomeKind::Status(_) => Some(3),
+        };
+        if matches!(kind, OutcomeKind::Success | OutcomeKind::Status(_)) {
+            self.upstream_duration.record(latency.as_secs_f64());
+        }
+        if let Some(i) = failure {
+            self.failures[i].increment(1);
+        }
     }
 
     /// This backend's response with `status` went to the client.
