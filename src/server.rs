@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Why the server could not start.
@@ -72,6 +72,8 @@ pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
     pools: Vec<(String, ActorRef<PoolMsg>)>,
+    proxy: Arc<Proxy>,
+    drain: Duration,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -112,22 +114,32 @@ impl Server {
             pools.push((up.name.clone(), pool));
         }
 
-        let proxy = Arc::new(Proxy::new(
-            &config.upstreams,
-            pools.iter().map(|(_, p)| p.clone()).collect(),
-            &metrics,
-            config.log.access,
-        ));
+        let pool_refs: Vec<_> = pools.iter().map(|(_, p)| p.clone()).collect();
+        let proxy = Arc::new(Proxy::new(config, &pool_refs, &metrics));
         let admin = Arc::new(Admin::new(pools.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);
         let limits = Limits {
             header_read: config.listen.header_read_timeout,
             idle: config.listen.idle_timeout,
             drain: config.listen.drain_timeout,
+            max_connections: config.listen.max_connections,
+            max_header_bytes: config.listen.max_header_bytes,
         };
         let tasks = vec![
-            tokio::spawn(serve(proxy_listener, proxy, stopped.clone(), limits)),
-            tokio::spawn(serve(admin_listener, admin, stopped.clone(), limits)),
+            tokio::spawn(serve(
+                "proxy",
+                proxy_listener,
+                proxy.clone(),
+                stopped.clone(),
+                limits,
+            )),
+            tokio::spawn(serve(
+                "admin",
+                admin_listener,
+                admin,
+                stopped.clone(),
+                limits,
+            )),
             tokio::spawn(upkeep(metrics, stopped)),
         ];
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams = pools.len(), "fulcrum started");
@@ -135,6 +147,8 @@ impl Server {
             proxy_addr,
             admin_addr,
             pools,
+            proxy,
+            drain: config.listen.drain_timeout,
             stop,
             tasks,
         })
@@ -158,13 +172,17 @@ impl Server {
             .map(|(_, p)| p.clone())
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), then stops the
-    /// actors.
+    /// Stops accepting, lets in-flight requests and upgraded connections finish (up to the
+    /// drain timeout), then stops the actors.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let tunnels = self.proxy.tunnels().clone();
+        let drain = self.drain;
+        let tunnels = tokio::spawn(async move { tunnels.drain(drain).await });
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = tunnels.await;
         for (_, pool) in &self.pools {
             let _ = pool
                 .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
@@ -232,21 +250,46 @@ struct Limits {
     header_read: Duration,
     idle: Duration,
     drain: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
+}
+
+/// The HTTP/1 and HTTP/2 connection builder of a listener, with its header limit: hyper answers
+/// 431 itself when an HTTP/1 request's head outgrows its read buffer.
+fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `handler`
 /// until `stopped` turns true; then lets the open connections finish for at most the drain
 /// timeout.
 async fn serve<H: Handler>(
+    name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
     stopped: watch::Receiver<bool>,
     limits: Limits,
 ) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(builder(limits));
+    // A connection holds a permit for its life; without one, the next is not accepted and
+    // waits in the kernel's queue, as with HAProxy's maxconn.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
     let mut stop = stopped.clone();
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = until_true(&mut stop) => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -261,16 +304,25 @@ async fn serve<H: Handler>(
             _ = until_true(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        conns.spawn(connection(
+        let conn = connection(
             stream,
             client,
             handler.clone(),
             builder.clone(),
             stopped.clone(),
             limits,
-        ));
+        );
+        conns.spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     }
     drop(listener);
+    tracing::info!(
+        listener = name,
+        open = conns.len(),
+        "listener closed; draining its connections"
+    );
     let drained = tokio::time::timeout(limits.drain, async {
         while conns.join_next().await.is_some() {}
     })

@@ -4,18 +4,14 @@
 
 mod common;
 
+use common::binary::{binary_config, message, Fulcrum};
 use common::*;
 use fulcrum::telemetry::metrics::{self, names, Kind};
 use loadtest::Fault;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use prometheus_parse::Value;
 use serde_json::Value as Json;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr};
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -316,101 +312,8 @@ async fn the_admin_and_proxy_listeners_serve_nothing_of_each_other() {
     server.shutdown().await;
 }
 
-/// The real binary, its JSON log read event by event from stderr.
-struct Fulcrum {
-    child: Child,
-    log: Lines<BufReader<ChildStderr>>,
-    seen: Vec<Json>,
-}
-
-impl Fulcrum {
-    /// Starts `fulcrum run` on `config` with `RUST_LOG` set to `filter`, and waits for it to
-    /// say where it listens.
-    async fn start(name: &str, config: &str, filter: &str) -> (Fulcrum, SocketAddr) {
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-observability-{}-{name}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, config).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut f = Fulcrum {
-            child,
-            log,
-            seen: Vec::new(),
-        };
-        let started = f.until(|e| message(e) == "fulcrum started").await;
-        let proxy = started["fields"]["proxy"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
-        (f, proxy)
-    }
-
-    /// The next log event, or None once the process has closed stderr.
-    async fn next(&mut self) -> Option<Json> {
-        let line = tokio::time::timeout(PATIENCE, self.log.next_line())
-            .await
-            .expect("a log line in time")
-            .unwrap()?;
-        let event: Json = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        self.seen.push(event.clone());
-        Some(event)
-    }
-
-    /// Reads events until one satisfies `pred`.
-    async fn until(&mut self, pred: impl Fn(&Json) -> bool) -> Json {
-        loop {
-            match self.next().await {
-                Some(e) if pred(&e) => return e,
-                Some(_) => {}
-                None => panic!("fulcrum exited; its log: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// SIGTERM, then every event to the end; the exit status must be 0.
-    async fn stop(mut self) -> Vec<Json> {
-        let pid = self.child.id().expect("running") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-        while self.next().await.is_some() {}
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("exits in time")
-            .unwrap();
-        assert!(status.success(), "{status}");
-        self.seen
-    }
-}
-
-fn message(e: &Json) -> &str {
-    e["fields"]["message"].as_str().unwrap_or("")
-}
-
 fn is_access(e: &Json) -> bool {
     e["target"] == "fulcrum::access"
-}
-
-fn binary_config(backends: &[loadtest::Backend], extra: &str) -> String {
-    format!(
-        "{extra}\n[listen]\naddress = \"127.0.0.1:0\"\ndrain_timeout = \"2s\"\n\
-         [admin]\naddress = \"127.0.0.1:0\"\n\
-         [[upstreams]]\nname = \"web\"\nalgorithm = \"round_robin\"\n{}\
-         [upstreams.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\n\
-         unhealthy_threshold = 2\nbackoff_base = \"50ms\"\nbackoff_max = \"400ms\"\n",
-        backend_tables(backends, &[])
-    )
 }
 
 async fn echo(c: &TestClient, proxy: SocketAddr, id: Option<&str>) -> (String, Json) {
@@ -430,7 +333,7 @@ async fn echo(c: &TestClient, proxy: SocketAddr, id: Option<&str>) -> (String, J
 #[tokio::test]
 async fn the_access_log_names_every_request_and_state_changes_name_the_backend() {
     let bs = backends(2).await;
-    let (mut f, proxy) = Fulcrum::start("access", &binary_config(&bs, ""), "info").await;
+    let (mut f, proxy) = Fulcrum::start(&binary_config(&bs, ""), "info").await;
     let c = client();
 
     let (kept, seen_by_backend) = echo(&c, proxy, Some("client-id-42")).await;
@@ -483,7 +386,7 @@ async fn the_access_log_turns_off_by_config_or_by_filter() {
         ("config", "[log]\naccess = false", "info"),
         ("filter", "", "info,fulcrum::access=off"),
     ] {
-        let (f, proxy) = Fulcrum::start(name, &binary_config(&bs, extra), filter).await;
+        let (f, proxy) = Fulcrum::start(&binary_config(&bs, extra), filter).await;
         let c = client();
         for _ in 0..3 {
             let (id, _) = echo(&c, proxy, None).await;

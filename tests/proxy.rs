@@ -203,6 +203,32 @@ async fn headers_are_rewritten_for_the_backend() {
     for dropped in ["x-hop", "keep-alive", "proxy-authorization"] {
         assert!(h.get(dropped).is_none(), "{dropped} forwarded: {h}");
     }
+    // Via both ways.
+    assert_eq!(h["via"][0], "1.1 fulcrum");
+    assert_eq!(a.headers["via"], "1.1 fulcrum");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_is_the_backends_when_not_preserved_and_via_can_be_off() {
+    let bs = backends(1).await;
+    let mut cfg = one_upstream("round_robin", &bs, &[], "preserve_host = false");
+    cfg.listen.via = false;
+    let server = start(&cfg).await;
+    let req = Request::get(format!("http://{}/echo", server.proxy_addr()))
+        .header("host", "app.test")
+        .header("via", "1.0 edge")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = collect(client().request(req).await.unwrap()).await;
+    let echo: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let h = &echo["headers"];
+    assert_eq!(h["host"][0], bs[0].addr().to_string());
+    // The client's host is still told, as X-Forwarded-Host.
+    assert_eq!(h["x-forwarded-host"][0], "app.test");
+    assert_eq!(h["via"][0], "1.0 edge");
+    assert_eq!(h["via"].as_array().unwrap().len(), 1);
+    assert!(a.headers.get("via").is_none());
     server.shutdown().await;
 }
 
@@ -224,6 +250,7 @@ async fn http2_clients_are_served() {
     let echo: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     // The backend got HTTP/1.1 with a Host made from the client's :authority.
     assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(echo["headers"]["via"][0], "2 fulcrum");
     assert_eq!(echo["headers"]["host"][0], server.proxy_addr().to_string());
     server.shutdown().await;
 }

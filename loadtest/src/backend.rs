@@ -5,7 +5,10 @@
 //! Paths: `/health` (200 `ok`), `/echo` (JSON of the request as received: method, URI,
 //! headers), `/sink` (reads the body, answers its length), `/stream?bytes=N[&chunk=K][&gate=1]`
 //! (N bytes in chunks of K; with `gate=1` the last chunk waits for [`Backend::open_gate`]),
-//! `/truncate?bytes=N` (promises N bytes, sends half, then breaks the connection), anything else: 200 with `x-backend: <id>` and a small body naming the backend.
+//! `/truncate?bytes=N` (promises N bytes, sends half, then breaks the connection), `/upgrade`
+//! (with `Connection: upgrade`, answers 101 to whatever `Upgrade` protocol was asked, WebSocket
+//! included, then echoes every byte), anything else: 200 with `x-backend: <id>` and a small body
+//! naming the backend.
 
 use crate::fault::{Fault, Mode};
 use bytes::Bytes;
@@ -49,6 +52,10 @@ struct Inner {
     health_requests: watch::Sender<u64>,
     body_bytes: watch::Sender<u64>,
     stream_bytes: AtomicU64,
+    /// Connections that carried a request other than `/health` (probes connect afresh each time).
+    traffic_connections: AtomicU64,
+    /// Upgraded connections open now.
+    upgraded: AtomicU64,
     gate: watch::Sender<bool>,
     listening: watch::Sender<bool>,
     /// Idle keep-alive connections are closed after this many ms; 0: kept open.
@@ -83,6 +90,8 @@ impl Backend {
             health_requests: watch::Sender::new(0),
             body_bytes: watch::Sender::new(0),
             stream_bytes: AtomicU64::new(0),
+            traffic_connections: AtomicU64::new(0),
+            upgraded: AtomicU64::new(0),
             gate: watch::Sender::new(false),
             listening: watch::Sender::new(false),
             keep_alive_ms: AtomicU64::new(0),
@@ -187,6 +196,17 @@ impl Backend {
     /// Bytes of `/stream` bodies handed to the connection so far.
     pub fn stream_bytes_sent(&self) -> u64 {
         self.inner.stream_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Connections that carried a request other than `/health`: fewer than requests when the
+    /// proxy reuses its connections.
+    pub fn traffic_connections(&self) -> u64 {
+        self.inner.traffic_connections.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded (`/upgrade`) connections open now.
+    pub fn upgraded_open(&self) -> u64 {
+        self.inner.upgraded.load(Ordering::Relaxed)
     }
 
     /// Closes keep-alive connections idle for `timeout` (as servers do, often with a shorter
@@ -297,9 +317,13 @@ async fn serve_conn(stream: TcpStream, inner: Arc<Inner>) {
     let reset = Arc::new(Notify::new());
     let svc_reset = reset.clone();
     let svc_inner = inner.clone();
-    let svc = service_fn(move |req| {
+    let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = service_fn(move |req: Request<Incoming>| {
         let inner = inner.clone();
         let reset = svc_reset.clone();
+        if req.uri().path() != "/health" && !counted.swap(true, Ordering::Relaxed) {
+            inner.traffic_connections.fetch_add(1, Ordering::Relaxed);
+        }
         async move { Ok::<_, Infallible>(respond(req, inner, reset).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -310,7 +334,9 @@ async fn serve_conn(stream: TcpStream, inner: Arc<Inner>) {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(idle);
     }
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = reset.notified() => {
@@ -329,10 +355,14 @@ impl Inner {
 }
 
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     inner: Arc<Inner>,
     reset: Arc<Notify>,
 ) -> Response<BackendBody> {
+    if req.uri().path() == "/upgrade" {
+        inner.requests.send_modify(|r| *r += 1);
+        return upgrade(&mut req, inner);
+    }
     let is_health = req.uri().path() == "/health";
     let fault = if is_health {
         inner.health_requests.send_modify(|h| *h += 1);
@@ -418,6 +448,47 @@ async fn respond(
         resp.headers_mut().insert("x-backend", v);
     }
     resp
+}
+
+/// Answers an upgrade request with 101 and echoes the upgraded connection's bytes until the
+/// client closes it; 426 when no upgrade was asked for.
+fn upgrade(req: &mut Request<Incoming>, inner: Arc<Inner>) -> Response<BackendBody> {
+    let asked = req
+        .headers()
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let Some(protocol) = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .filter(|_| asked)
+    else {
+        let mut r = full("ask for an upgrade\n".to_string());
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        return r;
+    };
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        inner.upgraded.fetch_add(1, Ordering::Relaxed);
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        inner.upgraded.fetch_sub(1, Ordering::Relaxed);
+    });
+    let mut r = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut().insert(header::UPGRADE, protocol);
+    r
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did.

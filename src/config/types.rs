@@ -41,6 +41,18 @@ pub struct Listen {
     /// A client keep-alive connection with no request for this long is closed. Default `60s`.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// Client connections served at once; past it, new connections wait in the kernel's
+    /// accept queue (as HAProxy's `maxconn` does) until one closes. Default 10000.
+    pub max_connections: usize,
+    /// A request's start line and headers, in bytes; larger gets `431`. Default 65536 (64 KiB).
+    pub max_header_bytes: usize,
+    /// A request's URI (path and query), in bytes; longer gets `414`. Default 8192 (8 KiB).
+    pub max_uri_bytes: usize,
+    /// A request's body, in bytes; larger gets `413` (nginx's `client_max_body_size`).
+    /// 0: no limit. Default 0.
+    pub max_body_bytes: u64,
+    /// Add `Via: 1.1 fulcrum` to requests and responses (RFC 9110 §7.6.3). Default true.
+    pub via: bool,
 }
 
 impl Default for Listen {
@@ -50,6 +62,11 @@ impl Default for Listen {
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 0,
+            via: true,
         }
     }
 }
@@ -58,14 +75,18 @@ impl Default for Listen {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// The admin listener (/metrics, /status). Default `127.0.0.1:9901`.
+    /// The admin listener (/metrics, /status, the admin API). Default `127.0.0.1:9901`.
     pub address: SocketAddr,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`. Required when
+    /// `address` is not a loopback address. Default none.
+    pub token: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token: None,
         }
     }
 }
@@ -145,6 +166,10 @@ pub struct Upstream {
     /// Balancing algorithm. Default `adaptive`.
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// Send the client's `Host` to the backends (nginx's `proxy_set_header Host $host`); false
+    /// sends the backend's own `host:port`. Default true.
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
     /// `[[upstreams.backends]]`: at least one is required.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -167,6 +192,10 @@ pub struct Upstream {
 
 fn default_hosts() -> Vec<String> {
     vec!["*".to_string()]
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_path_prefix() -> String {

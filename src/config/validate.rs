@@ -27,6 +27,50 @@ impl Config {
             self.listen.header_read_timeout,
         );
         errs.positive("listen.idle_timeout", self.listen.idle_timeout);
+        if self.listen.max_connections == 0 {
+            errs.push(
+                "listen.max_connections",
+                "must be at least 1, got 0".to_string(),
+            );
+        }
+        // hyper's HTTP/1 read buffer cannot be smaller than this.
+        const MIN_HEADER_BYTES: usize = 8192;
+        if self.listen.max_header_bytes < MIN_HEADER_BYTES {
+            errs.push(
+                "listen.max_header_bytes",
+                format!(
+                    "must be at least {MIN_HEADER_BYTES}, got {}",
+                    self.listen.max_header_bytes
+                ),
+            );
+        }
+        if self.listen.max_uri_bytes == 0 {
+            errs.push(
+                "listen.max_uri_bytes",
+                "must be at least 1, got 0".to_string(),
+            );
+        }
+        match &self.admin.token {
+            Some(t)
+                if t.trim().is_empty()
+                    || t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                errs.push(
+                    "admin.token",
+                    "must be non-empty, without spaces or control characters".to_string(),
+                )
+            }
+            Some(_) => {}
+            None if !self.admin.address.ip().is_loopback() => errs.push(
+                "admin.token",
+                format!(
+                    "required when admin.address ({}) is not a loopback address: the admin API \
+                     can change the pools",
+                    self.admin.address
+                ),
+            ),
+            None => {}
+        }
         if self.upstreams.is_empty() {
             errs.push(
                 "upstreams",

@@ -24,6 +24,16 @@ pub enum TryError {
     Timeout,
 }
 
+/// Why [`Forwarder::send`] got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The try failed: the backend's doing, as far as anyone can tell.
+    Try(TryError),
+    /// The client's body outgrew `listen.max_body_bytes` while it streamed: not the backend's
+    /// doing.
+    BodyLimit,
+}
+
 impl TryError {
     /// The outcome kind this failure is reported as.
     pub fn outcome(self) -> OutcomeKind {
@@ -76,17 +86,18 @@ impl Forwarder {
         authority: &str,
         mut req: Request<ProxyBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, TryError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let uri: Uri = format!("http://{authority}{path}")
             .parse()
-            .map_err(|_| TryError::Connect)?;
+            .map_err(|_| SendError::Try(TryError::Connect))?;
         *req.uri_mut() = uri;
         match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(TryError::Timeout),
+            Err(_) => Err(SendError::Try(TryError::Timeout)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(TryError::Connect),
-            Ok(Err(_)) => Err(TryError::Reset),
+            Ok(Err(e)) if e.is_connect() => Err(SendError::Try(TryError::Connect)),
+            Ok(Err(e)) if super::replay::is_body_limit(&e) => Err(SendError::BodyLimit),
+            Ok(Err(_)) => Err(SendError::Try(TryError::Reset)),
         }
     }
 }

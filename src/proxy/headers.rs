@@ -1,8 +1,8 @@
 //! Header rewriting between client and backend: hop-by-hop headers (RFC 9110 §7.6.1, plus those
 //! the `Connection` header names) are dropped both ways; `X-Forwarded-For`, `-Proto` and `-Host`
-//! are set on the way in.
+//! are set on the way in; `Via` is appended both ways.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, VIA};
 use std::net::IpAddr;
 
 /// Hop-by-hop headers, which describe one connection and must not be forwarded.
@@ -61,6 +61,27 @@ pub fn set_forwarded(
     }
 }
 
+/// Appends `hop` (`1.1 fulcrum`) to the message's `Via` list (RFC 9110 §7.6.3).
+pub fn append_via(headers: &mut HeaderMap, hop: HeaderValue) {
+    let prior: Vec<&str> = headers
+        .get_all(VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if prior.is_empty() {
+        headers.insert(VIA, hop);
+        return;
+    }
+    let joined = format!(
+        "{}, {}",
+        prior.join(", "),
+        hop.to_str().unwrap_or("1.1 fulcrum")
+    );
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(VIA, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +100,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn via_is_appended_to_what_earlier_hops_wrote() {
+        let mut h = HeaderMap::new();
+        append_via(&mut h, HeaderValue::from_static("1.1 fulcrum"));
+        assert_eq!(h["via"], "1.1 fulcrum");
+        let mut h = HeaderMap::new();
+        h.append("via", HeaderValue::from_static("1.0 fred"));
+        h.append("via", HeaderValue::from_static("1.1 cdn"));
+        append_via(&mut h, HeaderValue::from_static("2 fulcrum"));
+        assert_eq!(h.get_all("via").iter().count(), 1);
+        assert_eq!(h["via"], "1.0 fred, 1.1 cdn, 2 fulcrum");
     }
 
     #[test]

@@ -5,23 +5,30 @@
 //! request's overall deadline — always before any byte of a response has gone to the client.
 //! Each request carries its [`Access`] entry, which counts the metrics of the request and writes
 //! the access log when the response ends. No balancing policy lives here.
+//!
+//! The routes and upstream handles of one config generation sit behind an [`ArcSwap`]: a reload
+//! swaps them whole while requests in flight finish on the generation they started with.
 
 pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod replay;
 pub mod route;
+pub mod upgrade;
 
-use crate::config::Upstream;
+use crate::config::{Config, Timeouts};
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
 use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
+use arc_swap::ArcSwap;
 use body::{boxed, text, HoldBody, LeasedBody, ProxyBody};
-use forward::{Forwarder, TryError};
+use forward::{Forwarder, SendError, TryError};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Empty, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use ractor::ActorRef;
 use replay::RequestBody;
 use route::Router;
@@ -29,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use upgrade::Tunnels;
 
 /// How long the frontend waits for a pool actor to answer a pick. A pick costs microseconds;
 /// this bounds the damage of a stuck actor, it is not a tuning knob.
@@ -40,17 +48,32 @@ struct UpstreamHandle {
     metrics: Arc<UpstreamMetrics>,
     pool: ActorRef<PoolMsg>,
     forwarder: Forwarder,
+    timeouts: Timeouts,
     retry: RetryPolicy,
     replay_limit: u64,
-    response_timeout: Duration,
-    request_timeout: Duration,
+    preserve_host: bool,
+}
+
+/// What the proxy takes from `[listen]`: fixed until a restart, as the listener is.
+struct Front {
+    max_uri_bytes: usize,
+    max_body_bytes: u64,
+    via: bool,
+}
+
+/// The routes and upstreams of one config generation.
+struct Routes {
+    router: Router,
+    upstreams: Vec<Arc<UpstreamHandle>>,
+    access_log: bool,
 }
 
 /// The request path, shared by every client connection.
 pub struct Proxy {
-    router: Router,
-    upstreams: Vec<UpstreamHandle>,
-    access_log: bool,
+    front: Front,
+    routes: ArcSwap<Routes>,
+    metrics: Metrics,
+    tunnels: Tunnels,
 }
 
 /// The request as sent to every try: everything but the body, which [`RequestBody`] provides.
@@ -61,12 +84,16 @@ struct TryTemplate {
 }
 
 impl TryTemplate {
-    fn request(&self, body: ProxyBody) -> Request<ProxyBody> {
+    /// The request of one try; `host` replaces the client's Host when set.
+    fn request(&self, body: ProxyBody, host: Option<&str>) -> Request<ProxyBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
         req
     }
 }
@@ -79,49 +106,106 @@ enum LastFailure {
     Response(Response<ProxyBody>),
 }
 
-impl Proxy {
-    /// A proxy over `upstreams` (from the config), each answered by its pool actor in `pools`
-    /// (same order), counting into `metrics`, writing the access log if `access_log`.
-    pub fn new(
-        upstreams: &[Upstream],
-        pools: Vec<ActorRef<PoolMsg>>,
+/// The `Via` value fulcrum adds for a message received over `version`.
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_10 => "1.0 fulcrum",
+        Version::HTTP_2 => "2 fulcrum",
+        _ => "1.1 fulcrum",
+    })
+}
+
+impl Routes {
+    /// The routes of `config`'s upstreams, each answered by its pool in `pools` (same order);
+    /// an upstream of `previous` with the same name and timeouts keeps its client, and so its
+    /// pooled connections.
+    fn new(
+        config: &Config,
+        pools: &[ActorRef<PoolMsg>],
         metrics: &Metrics,
-        access_log: bool,
-    ) -> Proxy {
-        let handles = upstreams
+        previous: Option<&Routes>,
+    ) -> Routes {
+        let handles = config
+            .upstreams
             .iter()
             .zip(pools)
-            .map(|(u, pool)| UpstreamHandle {
-                name: Arc::from(u.name.as_str()),
-                metrics: metrics.upstream(&u.name),
-                pool,
-                forwarder: Forwarder::new(&u.timeouts),
-                retry: RetryPolicy::new(&u.retry),
-                replay_limit: u.retry.replay_body_limit,
-                response_timeout: u.timeouts.response,
-                request_timeout: u.timeouts.request,
+            .map(|(u, pool)| {
+                let kept = previous.and_then(|p| {
+                    p.upstreams
+                        .iter()
+                        .find(|h| *h.name == *u.name && h.timeouts == u.timeouts)
+                });
+                Arc::new(UpstreamHandle {
+                    name: Arc::from(u.name.as_str()),
+                    metrics: metrics.upstream(&u.name),
+                    pool: pool.clone(),
+                    forwarder: kept
+                        .map(|h| h.forwarder.clone())
+                        .unwrap_or_else(|| Forwarder::new(&u.timeouts)),
+                    timeouts: u.timeouts.clone(),
+                    retry: RetryPolicy::new(&u.retry),
+                    replay_limit: u.retry.replay_body_limit,
+                    preserve_host: u.preserve_host,
+                })
             })
             .collect();
-        Proxy {
-            router: Router::new(upstreams),
+        Routes {
+            router: Router::new(&config.upstreams),
             upstreams: handles,
-            access_log,
+            access_log: config.log.access,
         }
+    }
+}
+
+impl Proxy {
+    /// A proxy over `config`'s upstreams, each answered by its pool actor in `pools` (same
+    /// order), counting into `metrics`.
+    pub fn new(config: &Config, pools: &[ActorRef<PoolMsg>], metrics: &Metrics) -> Proxy {
+        Proxy {
+            front: Front {
+                max_uri_bytes: config.listen.max_uri_bytes,
+                max_body_bytes: config.listen.max_body_bytes,
+                via: config.listen.via,
+            },
+            routes: ArcSwap::from_pointee(Routes::new(config, pools, metrics, None)),
+            metrics: metrics.clone(),
+            tunnels: Tunnels::default(),
+        }
+    }
+
+    /// Switches new requests to the routes and upstreams of `config` (a reload); requests in
+    /// flight finish on the routes they started with. Upstreams whose timeouts are unchanged keep
+    /// their pooled connections.
+    pub fn reroute(&self, config: &Config, pools: &[ActorRef<PoolMsg>]) {
+        let previous = self.routes.load();
+        let next = Routes::new(config, pools, &self.metrics, Some(&previous));
+        self.routes.store(Arc::new(next));
+    }
+
+    /// The upgraded connections (WebSocket and the like) open now.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// Answers one client request. Never fails: every problem becomes a status code. The
     /// answer carries the request id, and its body the request's [`Access`] entry.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let routes = self.routes.load_full();
         let id = access::request_id(req.headers());
         let mut entry = Access::new(
             req.method(),
             req.uri().path(),
             client,
             id.clone(),
-            self.access_log,
+            routes.access_log,
             Instant::now(),
         );
-        let mut resp = self.serve(req, client, &mut entry).await;
+        let upgrade = upgrade::requested(&req).map(|p| (p, hyper::upgrade::on(&mut req)));
+        let mut resp = self.serve(&routes, req, upgrade, client, &mut entry).await;
         entry.respond(resp.status().as_u16());
         resp.headers_mut().insert(access::REQUEST_ID, id);
         resp.map(|b| boxed(HoldBody::new(b, entry)))
@@ -129,29 +213,57 @@ impl Proxy {
 
     async fn serve(
         &self,
+        routes: &Routes,
         req: Request<Incoming>,
+        upgrade: Option<(HeaderValue, OnUpgrade)>,
         client: SocketAddr,
         entry: &mut Access,
     ) -> Response<ProxyBody> {
+        let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if uri_len > self.front.max_uri_bytes {
+            return text(
+                StatusCode::URI_TOO_LONG,
+                &format!("the URI is longer than {} bytes", self.front.max_uri_bytes),
+            );
+        }
+        let max_body = self.front.max_body_bytes;
+        if max_body > 0 && declared_length(req.headers()).is_some_and(|n| n > max_body) {
+            return body_too_large(max_body);
+        }
         let host = request_host(&req);
-        let Some(index) = self.router.route(host.as_deref(), req.uri().path()) else {
+        let Some(index) = routes.router.route(host.as_deref(), req.uri().path()) else {
             return text(
                 StatusCode::NOT_FOUND,
                 "no upstream matches this host and path",
             );
         };
-        let upstream = &self.upstreams[index];
+        let upstream = &routes.upstreams[index];
         entry.routed(upstream.name.clone(), upstream.metrics.clone());
-        let (mut template, body) = prepare(req, client, host.as_deref());
+        let (protocol, mut client_upgrade) = match upgrade {
+            Some((p, on)) => (Some(p), Some(on)),
+            None => (None, None),
+        };
+        let (mut template, body) = prepare(req, client, host.as_deref(), self.front.via, protocol);
         template
             .headers
             .insert(access::REQUEST_ID, entry.request_id().clone());
-        let mut body =
-            match RequestBody::prepare(body, &template.headers, upstream.replay_limit).await {
-                Ok(b) => b,
-                Err(_) => return text(StatusCode::BAD_REQUEST, "request body ended abruptly"),
-            };
-        let deadline = Instant::now() + upstream.request_timeout;
+        let limit = if max_body > 0 {
+            usize::try_from(max_body).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        let mut body = match RequestBody::prepare(
+            Limited::new(body, limit),
+            &template.headers,
+            upstream.replay_limit,
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(e) if replay::is_body_limit(&*e) => return body_too_large(max_body),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "request body ended abruptly"),
+        };
+        let deadline = Instant::now() + upstream.timeouts.request;
         let key = client_key(client);
         let mut tried: Vec<BackendId> = Vec::new();
         let mut last: Option<LastFailure> = None;
@@ -181,13 +293,14 @@ impl Proxy {
             };
             tried.push(lease.id());
             entry.try_to(lease.authority().clone());
+            let host = (!upstream.preserve_host).then(|| lease.authority().as_ref());
             let started = Instant::now();
             let result = upstream
                 .forwarder
                 .send(
                     lease.authority(),
-                    template.request(try_body),
-                    upstream.response_timeout.min(remaining),
+                    template.request(try_body, host),
+                    upstream.timeouts.response.min(remaining),
                 )
                 .await;
             let latency = started.elapsed();
@@ -204,7 +317,27 @@ impl Proxy {
                         },
                         latency,
                     });
+                    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let backend_upgrade = resp.headers().get(header::UPGRADE).cloned();
                     headers::strip_hop_by_hop(resp.headers_mut());
+                    if self.front.via {
+                        let hop = via(resp.version());
+                        headers::append_via(resp.headers_mut(), hop);
+                    }
+                    if switching {
+                        return match (client_upgrade.take(), backend_upgrade) {
+                            (Some(on), Some(p)) => {
+                                upgrade::restore(resp.headers_mut(), p);
+                                self.tunnels.open(on, &mut resp, lease);
+                                resp.map(|_| boxed(Empty::new()))
+                            }
+                            // A 101 nobody asked for, or without its protocol: nothing to join.
+                            _ => text(
+                                StatusCode::BAD_GATEWAY,
+                                "backend switched protocols unasked",
+                            ),
+                        };
+                    }
                     let resp = resp.map(|b| boxed(LeasedBody::new(b, lease)));
                     if !failed {
                         return resp;
@@ -212,7 +345,12 @@ impl Proxy {
                     last = Some(LastFailure::Response(resp));
                     Failure::Status(status)
                 }
-                Err(e) => {
+                Err(SendError::BodyLimit) => {
+                    // The client's body outgrew the limit while streaming: the backend did
+                    // nothing wrong, so nothing is reported against it.
+                    return body_too_large(max_body);
+                }
+                Err(SendError::Try(e)) => {
                     lease.report(Outcome {
                         kind: e.outcome(),
                         latency,
@@ -238,6 +376,22 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The request's `Content-Length`, when it declares a usable one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The answer to a body over `listen.max_body_bytes`.
+fn body_too_large(limit: u64) -> Response<ProxyBody> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than {limit} bytes"),
+    )
 }
 
 /// The client's answer when no try succeeded: the backend's own failure response if there was
@@ -322,16 +476,25 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
 }
 
-/// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped,
-/// forwarding headers set, the client's Host kept), and hands back its body.
+/// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped
+/// but for an upgrade's, forwarding headers and `Via` set, the client's Host kept), and hands
+/// back its body.
 fn prepare(
     req: Request<Incoming>,
     client: SocketAddr,
     host: Option<&str>,
+    add_via: bool,
+    upgrade: Option<HeaderValue>,
 ) -> (TryTemplate, Incoming) {
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(&mut parts.headers, client.ip(), "http", host);
+    if add_via {
+        headers::append_via(&mut parts.headers, via(parts.version));
+    }
+    if let Some(p) = upgrade {
+        upgrade::restore(&mut parts.headers, p);
+    }
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         // HTTP/2 clients send :authority, not Host; an HTTP/1.1 backend needs Host.
         parts.headers.insert(header::HOST, h);

@@ -2,15 +2,34 @@
 //! and kept, so every try can send it again; a larger one (by `Content-Length`, or found larger
 //! while reading ahead) streams through once, what was read ahead first, and its request is not
 //! retried. Bodies are never buffered beyond the limit.
+//!
+//! The client's body arrives as a [`ClientBody`]: counted against `listen.max_body_bytes`, so
+//! that a body found too large while reading ahead or while streaming ends in a
+//! [`LengthLimitError`] the proxy answers with 413.
 
-use super::body::{boxed, ProxyBody};
+use super::body::{boxed, BoxError, ProxyBody};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+/// The client's request body, counted against the body size limit.
+pub type ClientBody = Limited<Incoming>;
+
+/// Whether `err`, or an error it wraps, is the body size limit's.
+pub fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// A request body, as far as retries are concerned.
 pub enum RequestBody {
@@ -21,12 +40,13 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// Reads ahead up to `limit` bytes of `body`. Fails only when the client's body breaks.
+    /// Reads ahead up to `limit` bytes of `body`. Fails when the client's body breaks or
+    /// outgrows the body size limit ([`is_body_limit`]).
     pub async fn prepare(
-        mut body: Incoming,
+        mut body: ClientBody,
         headers: &HeaderMap,
         limit: u64,
-    ) -> Result<RequestBody, hyper::Error> {
+    ) -> Result<RequestBody, BoxError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
@@ -49,7 +69,7 @@ impl RequestBody {
         Ok(RequestBody::Replayable(kept.freeze()))
     }
 
-    fn one_shot(prefix: Bytes, rest: Incoming) -> RequestBody {
+    fn one_shot(prefix: Bytes, rest: ClientBody) -> RequestBody {
         RequestBody::OneShot(Some(PrefixedBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -73,17 +93,17 @@ impl RequestBody {
 /// What was read ahead, then the rest of the client's body as it arrives.
 pub struct PrefixedBody {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: ClientBody,
 }
 
 impl Body for PrefixedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }

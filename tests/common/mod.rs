@@ -2,6 +2,8 @@
 //! started in-process from a TOML text, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use bytes::Bytes;
 use fulcrum::config::Config;
 use fulcrum::server::Server;

@@ -1,0 +1,102 @@
+//! HTTP/1.1 upgrades (WebSocket and any other `Upgrade` protocol): the request's `Connection:
+//! upgrade` and `Upgrade` survive the hop-by-hop strip, a backend's `101 Switching Protocols`
+//! goes back to the client, and the two upgraded connections are then joined byte for byte.
+//! The backend's lease rides in the tunnel, so the connection counts in flight until it closes.
+//! Tunnels are tracked: a shutdown waits for them as for requests, up to the drain deadline,
+//! then closes them.
+
+use crate::pool::Lease;
+use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
+use http::{Request, Response, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The `Upgrade` header of a request that asks for one: HTTP/1.1 with `Connection: upgrade`.
+pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    req.headers().get(UPGRADE).cloned()
+}
+
+/// Puts back the two headers an upgrade needs after the hop-by-hop strip took them.
+pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol);
+}
+
+/// The running tunnels of a proxy.
+#[derive(Debug, Clone, Default)]
+pub struct Tunnels {
+    tracker: TaskTracker,
+    close: CancellationToken,
+}
+
+impl Tunnels {
+    /// Joins the client's connection to the backend's once both upgrades complete, holding
+    /// `lease` until either side closes.
+    pub fn open<B>(&self, client: OnUpgrade, backend: &mut Response<B>, lease: Lease) {
+        let backend = hyper::upgrade::on(backend);
+        let close = self.close.clone();
+        self.tracker.spawn(async move {
+            let joined = async {
+                let (client, backend) = match tokio::try_join!(client, backend) {
+                    Ok(both) => both,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade did not complete");
+                        return;
+                    }
+                };
+                let mut client = TokioIo::new(client);
+                let mut backend = TokioIo::new(backend);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            };
+            tokio::select! {
+                _ = joined => {}
+                _ = close.cancelled() => {}
+            }
+            drop(lease);
+        });
+    }
+
+    /// Tunnels open now.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Whether no tunnel is open.
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Lets the open tunnels run for at most `deadline`, then closes those left.
+    pub async fn drain(&self, deadline: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "drain timeout reached; closing the remaining upgraded connections"
+            );
+            self.close.cancel();
+            self.tracker.wait().await;
+        }
+    }
+}
