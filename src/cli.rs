@@ -113,7 +113,7 @@ fn run(path: &Path, log_format: Option<LogFormat>) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(crate::server::run(&config)) {
+    match rt.block_on(crate::server::run(&config, Some(path.to_path_buf()))) {
         Ok(()) => 0,
         Err(e) => fail(&e.to_string()),
     }

@@ -2,14 +2,16 @@
 //!
 //! Layers (architecture.md): the frontend ([`proxy`]) routes and forwards; one pool actor per
 //! upstream ([`pool`]) answers "which backend?"; one backend actor per backend folds outcomes
-//! into the pure [`policy`] structs. [`server`] wires them from a [`config`]; [`admin`] serves
-//! /metrics and /status; [`telemetry`] owns the metrics, the access log and logging; [`cli`] is
+//! into the pure [`policy`] structs. [`server`] wires them from a [`config`]; [`control`]
+//! applies reloads and admin changes as differences; [`admin`] serves /metrics, /status and the
+//! admin API; [`telemetry`] owns the metrics, the access log and logging; [`cli`] is
 //! the command line.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod policy;
 pub mod pool;

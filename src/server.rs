@@ -1,10 +1,12 @@
 //! Wiring: config → pool actors → the proxy and admin listeners, each client connection under
-//! its [`Watchdog`]; and the way out (stop accepting, drain in-flight requests up to
-//! `listen.drain_timeout`, stop the actors).
+//! its [`Watchdog`]; signals (SIGHUP reloads through [`Control`]); and the way out (stop
+//! accepting, drain in-flight requests and upgraded connections up to `listen.drain_timeout`,
+//! stop the actors).
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::pool::{PoolActor, PoolArgs, PoolMsg};
+use crate::control::{self, Control, ReloadError, Reloaded};
+use crate::pool::PoolMsg;
 use crate::proxy::body::{boxed, HoldBody, ProxyBody};
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::Metrics;
@@ -14,10 +16,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -71,7 +74,7 @@ impl Handler for Proxy {
 pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
-    pools: Vec<(String, ActorRef<PoolMsg>)>,
+    control: Arc<Control>,
     proxy: Arc<Proxy>,
     drain: Duration,
     stop: watch::Sender<bool>,
@@ -80,8 +83,19 @@ pub struct Server {
 
 impl Server {
     /// Binds both listeners, starts one pool actor per upstream and starts serving.
-    /// `seed` seeds the pools' random sources (tests); `None` seeds from the OS.
+    /// `seed` seeds the pools' random sources (tests); `None` seeds from the OS. Without a
+    /// file behind the config, [`Server::reload`] has nothing to read; see [`Server::start_from`].
     pub async fn start(config: &Config, seed: Option<u64>) -> Result<Server, StartError> {
+        Server::start_from(config, None, seed).await
+    }
+
+    /// As [`Server::start`], for a `config` read from the file `source`, which a reload
+    /// (SIGHUP, `POST /admin/reload`, [`Server::reload`]) reads again.
+    pub async fn start_from(
+        config: &Config,
+        source: Option<PathBuf>,
+        seed: Option<u64>,
+    ) -> Result<Server, StartError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -99,24 +113,28 @@ impl Server {
         let metrics = Metrics::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for (i, up) in config.upstreams.iter().enumerate() {
-            let args = PoolArgs {
-                upstream: up.clone(),
-                seed: seed.map(|s| s.wrapping_add(i as u64)),
-                metrics: metrics.clone(),
-            };
-            let (pool, _) =
-                Actor::spawn(None, PoolActor, args)
-                    .await
-                    .map_err(|e| StartError::Pool {
-                        upstream: up.name.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let seed = seed.map(|s| s.wrapping_add(i as u64));
+            let pool = control::spawn_pool(up, seed, &metrics, config.listen.drain_timeout)
+                .await
+                .map_err(|reason| StartError::Pool {
+                    upstream: up.name.clone(),
+                    reason,
+                })?;
             pools.push((up.name.clone(), pool));
         }
 
         let pool_refs: Vec<_> = pools.iter().map(|(_, p)| p.clone()).collect();
         let proxy = Arc::new(Proxy::new(config, &pool_refs, &metrics));
-        let admin = Arc::new(Admin::new(pools.clone(), metrics.clone()));
+        let upstreams = pools.len();
+        let control = Arc::new(Control::new(
+            config.clone(),
+            source,
+            pools,
+            proxy.clone(),
+            metrics.clone(),
+            seed,
+        ));
+        let admin = Arc::new(Admin::new(control.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);
         let limits = Limits {
             header_read: config.listen.header_read_timeout,
@@ -142,11 +160,11 @@ impl Server {
             )),
             tokio::spawn(upkeep(metrics, stopped)),
         ];
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams = pools.len(), "fulcrum started");
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams, "fulcrum started");
         Ok(Server {
             proxy_addr,
             admin_addr,
-            pools,
+            control,
             proxy,
             drain: config.listen.drain_timeout,
             stop,
@@ -166,10 +184,17 @@ impl Server {
 
     /// The pool actor of the upstream called `name`.
     pub fn pool(&self, name: &str) -> Option<ActorRef<PoolMsg>> {
-        self.pools
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
+        self.control.pool(name)
+    }
+
+    /// What changes the running server: reloads and the admin API's changes.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Reads the config file again and applies the difference (as SIGHUP does).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.control.reload().await
     }
 
     /// Stops accepting, lets in-flight requests and upgraded connections finish (up to the
@@ -183,7 +208,7 @@ impl Server {
             let _ = t.await;
         }
         let _ = tunnels.await;
-        for (_, pool) in &self.pools {
+        for (_, pool) in &self.control.pools() {
             let _ = pool
                 .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
                 .await;
@@ -192,13 +217,42 @@ impl Server {
     }
 }
 
-/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn run(config: &Config) -> Result<(), StartError> {
-    let server = Server::start(config, None).await?;
-    wait_for_signal().await;
+/// Runs `config` (read from `source`) until SIGINT or SIGTERM, then shuts down gracefully;
+/// SIGHUP reloads the file.
+pub async fn run(config: &Config, source: Option<PathBuf>) -> Result<(), StartError> {
+    let server = Server::start_from(config, source, None).await?;
+    let mut hangups = hangups();
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = hangups.recv() => {
+                // The outcome is logged by the reload itself.
+                let _ = server.reload().await;
+            }
+        }
+    }
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     server.shutdown().await;
     Ok(())
+}
+
+/// SIGHUPs as they come (never, where there are none).
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                // Several at once are one reload.
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Resolves on SIGINT or SIGTERM.

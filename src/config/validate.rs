@@ -281,6 +281,20 @@ fn validate_backend(at: &str, b: &BackendConfig, seen: &mut HashSet<String>, err
 }
 
 impl BackendConfig {
+    /// Checks one backend on its own (a backend added through the admin API); the first
+    /// problem, its key relative to the backend (`address`, `weight`).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut errs = Errors::default();
+        validate_backend("", self, &mut HashSet::new(), &mut errs);
+        match errs.0.into_iter().next() {
+            None => Ok(()),
+            Some(mut e) => {
+                e.key = e.key.trim_start_matches('.').to_string();
+                Err(e)
+            }
+        }
+    }
+
     /// The `host:port` this backend is reached at, without the optional `http://`.
     pub fn authority(&self) -> Result<&str, String> {
         let raw = self.address.trim();

@@ -84,6 +84,15 @@ impl Breaker {
         }
     }
 
+    /// Takes the settings of a reload, keeping the state, the trips and the failure streak. The
+    /// failure-rate window starts over only if its length changed.
+    pub fn retune(&mut self, cfg: &CircuitBreaker, now: Instant) {
+        if cfg.window != self.cfg.window {
+            self.window = Window::new(cfg.window, now);
+        }
+        self.cfg = cfg.clone();
+    }
+
     /// The state now (call [`Breaker::poll`] first for an up-to-date answer).
     pub fn state(&self) -> CircuitState {
         self.state
@@ -220,6 +229,29 @@ mod tests {
                 until: t0 + ms(20) + Duration::from_secs(1)
             })
         );
+        assert_eq!(b.trips(), 1);
+    }
+
+    #[test]
+    fn a_retune_keeps_the_streak_and_applies_the_new_threshold() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&cfg(), t0);
+        for i in 0..3 {
+            assert_eq!(b.record(true, t0 + ms(i)), None);
+        }
+        let tighter = CircuitBreaker {
+            consecutive_failures: 4,
+            ..cfg()
+        };
+        b.retune(&tighter, t0 + ms(5));
+        // The three failures before the reload count: the fourth trips at the new threshold.
+        assert!(matches!(
+            b.record(true, t0 + ms(6)),
+            Some(CircuitState::Open { .. })
+        ));
+        let open = b.state();
+        b.retune(&cfg(), t0 + ms(7));
+        assert_eq!(b.state(), open, "a reload does not close a breaker");
         assert_eq!(b.trips(), 1);
     }
 

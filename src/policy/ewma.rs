@@ -30,6 +30,11 @@ impl PeakEwma {
         }
     }
 
+    /// Takes the time constant of a reload, keeping the estimate.
+    pub fn retune(&mut self, decay: Duration) {
+        self.decay = decay.as_secs_f64().max(1e-9);
+    }
+
     /// Folds in one sample observed at `now`.
     pub fn observe(&mut self, sample: Duration, now: Instant) {
         let sample = sample.as_secs_f64();

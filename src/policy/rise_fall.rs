@@ -22,6 +22,12 @@ impl RiseFall {
         }
     }
 
+    /// Takes the thresholds of a reload, keeping the state and the streak.
+    pub fn retune(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Whether the probes keep this backend in rotation.
     pub fn healthy(&self) -> bool {
         self.healthy

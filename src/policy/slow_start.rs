@@ -24,6 +24,11 @@ impl SlowStart {
         }
     }
 
+    /// Takes the ramp length of a reload; a ramp in progress keeps its start.
+    pub fn retune(&mut self, duration: Duration) {
+        self.duration = duration;
+    }
+
     /// The backend returned to rotation at `now`.
     pub fn begin(&mut self, now: Instant) {
         self.since = if self.duration.is_zero() {

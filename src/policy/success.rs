@@ -28,6 +28,11 @@ impl SuccessRate {
         }
     }
 
+    /// Takes the time constant of a reload, keeping the ratio.
+    pub fn retune(&mut self, decay: Duration) {
+        self.decay = decay.as_secs_f64().max(1e-9);
+    }
+
     /// Folds in one outcome at `now`.
     pub fn observe(&mut self, success: bool, now: Instant) {
         let elapsed = now.saturating_duration_since(self.stamp).max(MIN_STEP);

@@ -15,15 +15,23 @@
 //! gauges whenever a backend's view or probe result changes them, and again on every scrape
 //! ([`PoolMsg::Publish`]), since weights also drift with time (decay, silence, slow start).
 //!
+//! Changes while running: a reload ([`PoolMsg::Reconfigure`]) keeps the backends it still lists
+//! (same address) with their actors, estimates and breakers, retuned to the new settings; drains
+//! the ones it no longer lists (no new requests; dropped when nothing is left in flight, or after
+//! the drain timeout); and adds the new ones in slow start. The admin API adds, removes and
+//! switches backends ([`AdminState`]) the same way. A pool whose upstream left the config
+//! ([`PoolMsg::Retire`]) drains all its backends, then stops.
+//!
 //! Probes: every `health.interval` for a backend whose last probe passed and is in rotation;
 //! after a failed probe, `backoff_base × 2^n` (±20% jitter, capped at `backoff_max`) for the
 //! n-th failure in a row — quick to confirm a fall, gentle on a backend that stays down; after a
 //! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
 
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
+use super::change::{self, AdminState, Applied, ChangeError};
 use super::lease::{BackendShared, Lease};
 use super::probe;
-use crate::config::{Algorithm, Upstream};
+use crate::config::{Algorithm, BackendConfig, Upstream};
 use crate::policy::backoff::Backoff;
 use crate::policy::balance::{self, BackendId, Balancer, Candidate};
 use crate::policy::breaker::CircuitState;
@@ -42,6 +50,9 @@ use tokio::time::Instant;
 
 /// Where a latency estimate starts when nothing is known of any backend yet.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(10);
+
+/// How often a pool looks whether its removed backends have drained.
+const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 
 /// Why a pick found nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +95,31 @@ pub enum PoolMsg {
         id: BackendId,
         reply: RpcReplyPort<Option<ActorRef<BackendMsg>>>,
     },
+    /// A reload: the upstream's new settings and backend list.
+    Reconfigure {
+        upstream: Box<Upstream>,
+        reply: RpcReplyPort<Applied>,
+    },
+    /// Add a backend (admin API), in slow start.
+    AddBackend {
+        backend: BackendConfig,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
+    },
+    /// Drain a backend out of the pool (admin API).
+    RemoveBackend {
+        address: String,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
+    },
+    /// Set a backend's [`AdminState`] (admin API).
+    SetState {
+        address: String,
+        state: AdminState,
+        reply: RpcReplyPort<Result<(), ChangeError>>,
+    },
+    /// The upstream left the config: drain every backend, then stop.
+    Retire,
+    /// Drop the removed backends that have drained (a timer, while any is being removed).
+    Sweep,
 }
 
 /// One backend as /status shows it.
@@ -125,6 +161,10 @@ pub struct BackendStatus {
     pub picks: u64,
     /// Times the pool restarted this backend's actor.
     pub actor_restarts: u32,
+    /// The operator's switch: `ready`, `not_ready` or `drain`.
+    pub admin_state: &'static str,
+    /// Removed from the config or through the API: it goes once nothing is left in flight.
+    pub removing: bool,
 }
 
 /// One upstream as /status shows it.
@@ -157,6 +197,8 @@ pub struct PoolArgs {
     pub seed: Option<u64>,
     /// The server's metrics registry.
     pub metrics: Metrics,
+    /// How long a removed backend is kept for its requests in flight (`listen.drain_timeout`).
+    pub drain: Duration,
 }
 
 /// One backend as the pool holds it.
@@ -173,6 +215,11 @@ struct Slot {
     opens: u64,
     backoff: Backoff,
     restarts: u32,
+    admin: AdminState,
+    /// When it was removed: it takes nothing new and goes once nothing is in flight.
+    removing: Option<Instant>,
+    /// A probe of it is scheduled or running (probes pause while it is `not_ready`).
+    probing: bool,
 }
 
 /// The state a pool actor drives.
@@ -185,7 +232,14 @@ pub struct PoolState {
     candidates: Vec<Candidate>,
     candidate_slots: Vec<usize>,
     budget: RetryBudget,
+    registry: Metrics,
     metrics: Arc<UpstreamMetrics>,
+    next_id: BackendId,
+    drain: Duration,
+    /// The upstream left the config: stop once every backend is gone.
+    retiring: bool,
+    /// A sweep is scheduled.
+    sweeping: bool,
     retries: std::collections::BTreeMap<&'static str, u64>,
     budget_exhausted: u64,
     body_too_large: u64,
@@ -216,50 +270,26 @@ impl Actor for PoolActor {
             None => SmallRng::from_os_rng(),
         };
         let epoch = Instant::now();
-        let mut slots = Vec::with_capacity(up.backends.len());
-        for (i, b) in up.backends.iter().enumerate() {
-            let authority = b
-                .authority()
-                .map_err(|e| format!("backend {}: {e}", b.address))?;
-            slots.push(Slot {
-                shared: Arc::new(BackendShared::new(
-                    i as BackendId,
-                    Arc::from(authority),
-                    args.metrics.backend(&up.name, authority, b.weight),
-                    epoch,
-                )),
-                static_weight: b.weight,
-                actor: None,
-                view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, epoch),
-                opened_at: None,
-                trial_picks: 0,
-                opens: 0,
-                backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
-                restarts: 0,
-            });
-        }
         let mut state = PoolState {
             balancer: balance::for_algorithm(up.algorithm),
             budget: RetryBudget::new(&up.retry, epoch),
+            registry: args.metrics.clone(),
             metrics: args.metrics.upstream(&up.name),
             retries: Default::default(),
             budget_exhausted: 0,
             body_too_large: 0,
-            candidates: Vec::with_capacity(slots.len()),
-            candidate_slots: Vec::with_capacity(slots.len()),
-            slots,
+            candidates: Vec::with_capacity(up.backends.len()),
+            candidate_slots: Vec::with_capacity(up.backends.len()),
+            slots: Vec::with_capacity(up.backends.len()),
             rng,
-            upstream: up,
+            next_id: 0,
+            drain: args.drain,
+            retiring: false,
+            sweeping: false,
+            upstream: up.clone(),
         };
-        for i in 0..state.slots.len() {
-            state.spawn_backend(&myself, i).await?;
-            // Spread the first probes over a quarter interval rather than all at once.
-            let first = state
-                .upstream
-                .health
-                .interval
-                .mul_f64(state.rng.random::<f64>() / 4.0);
-            state.schedule_probe(&myself, i, first);
+        for b in &up.backends {
+            state.add_slot(&myself, b, false, epoch).await?;
         }
         state.publish(epoch);
         Ok(state)
@@ -297,6 +327,36 @@ impl Actor for PoolActor {
                         .and_then(|i| state.slots[i].actor.clone()),
                 );
             }
+            PoolMsg::Reconfigure { upstream, reply } => {
+                let applied = state.reconfigure(&myself, *upstream).await;
+                let _ = reply.send(applied);
+            }
+            PoolMsg::AddBackend { backend, reply } => {
+                let _ = reply.send(state.add_backend(&myself, &backend).await);
+            }
+            PoolMsg::RemoveBackend { address, reply } => {
+                let _ = reply.send(state.remove_backend(&myself, &address));
+            }
+            PoolMsg::SetState {
+                address,
+                state: to,
+                reply,
+            } => {
+                let _ = reply.send(state.set_state(&myself, &address, to));
+            }
+            PoolMsg::Retire => {
+                state.retiring = true;
+                let now = Instant::now();
+                for slot in &mut state.slots {
+                    slot.removing.get_or_insert(now);
+                }
+                tracing::info!(upstream = %state.upstream.name, "upstream removed from the config; draining its backends");
+                state.sweep(&myself, now);
+            }
+            PoolMsg::Sweep => {
+                state.sweeping = false;
+                state.sweep(&myself, Instant::now());
+            }
         }
         Ok(())
     }
@@ -328,7 +388,7 @@ impl Actor for PoolActor {
                 restarts = slot.restarts,
                 "backend actor exited; restarting it"
             );
-            state.spawn_backend(&myself, i).await?;
+            state.spawn_backend(&myself, i, false).await?;
             state.publish(Instant::now());
         }
         Ok(())
@@ -338,6 +398,279 @@ impl Actor for PoolActor {
 impl PoolState {
     fn index_of(&self, id: BackendId) -> Option<usize> {
         self.slots.iter().position(|s| s.shared.id == id)
+    }
+
+    fn index_of_address(&self, address: &str) -> Option<usize> {
+        let address = address.trim();
+        let address = address.strip_prefix("http://").unwrap_or(address);
+        self.slots
+            .iter()
+            .position(|s| s.shared.authority.eq_ignore_ascii_case(address))
+    }
+
+    /// Whether slot `i` is meant to take traffic: `ready` and not being removed.
+    fn active(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.admin == AdminState::Ready && s.removing.is_none()
+    }
+
+    /// Whether slot `i` should be probed: not in maintenance and not being removed.
+    fn probed(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.admin != AdminState::NotReady && s.removing.is_none()
+    }
+
+    /// Adds a slot for backend `b`, starts its actor (in slow start if `ramp`) and its probes.
+    async fn add_slot(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        b: &BackendConfig,
+        ramp: bool,
+        now: Instant,
+    ) -> Result<usize, ActorProcessingErr> {
+        let authority = b
+            .authority()
+            .map_err(|e| format!("backend {}: {e}", b.address))?
+            .to_string();
+        let id = self.next_id;
+        self.next_id += 1;
+        let up = &self.upstream;
+        self.slots.push(Slot {
+            shared: Arc::new(BackendShared::new(
+                id,
+                Arc::from(authority.as_str()),
+                self.registry.backend(&up.name, &authority, b.weight),
+                now,
+            )),
+            static_weight: b.weight,
+            actor: None,
+            view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, now),
+            opened_at: None,
+            trial_picks: 0,
+            opens: 0,
+            backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
+            restarts: 0,
+            admin: AdminState::Ready,
+            removing: None,
+            probing: false,
+        });
+        let i = self.slots.len() - 1;
+        self.spawn_backend(myself, i, ramp).await?;
+        // Spread the first probes over a quarter interval rather than all at once.
+        let first = self
+            .upstream
+            .health
+            .interval
+            .mul_f64(self.rng.random::<f64>() / 4.0);
+        self.schedule_probe(myself, i, first);
+        Ok(i)
+    }
+
+    /// Applies a reload to this pool: new settings for all, the backend list by [`change::plan`].
+    async fn reconfigure(&mut self, myself: &ActorRef<PoolMsg>, new: Upstream) -> Applied {
+        let now = Instant::now();
+        let running: Vec<(&str, u32)> = self
+            .slots
+            .iter()
+            .map(|s| (&*s.shared.authority, s.static_weight))
+            .collect();
+        let wanted: Vec<(&str, u32)> = new
+            .backends
+            .iter()
+            .map(|b| (b.authority().unwrap_or(b.address.as_str()), b.weight))
+            .collect();
+        let plan = change::plan(&running, &wanted);
+        let settings_changed = {
+            let mut a = (*self.upstream).clone();
+            a.backends.clear();
+            let mut b = new.clone();
+            b.backends.clear();
+            a != b
+        };
+        if new.algorithm != self.upstream.algorithm {
+            self.balancer = balance::for_algorithm(new.algorithm);
+        }
+        if new.retry != self.upstream.retry {
+            self.budget = RetryBudget::new(&new.retry, now);
+        }
+        let backoff_changed = new.health.backoff_base != self.upstream.health.backoff_base
+            || new.health.backoff_max != self.upstream.health.backoff_max;
+        let upstream = Arc::new(new);
+        self.upstream = upstream.clone();
+        let mut applied = Applied::default();
+        let mut rejoining = Vec::new();
+        for &(i, weight) in &plan.keep {
+            let slot = &mut self.slots[i];
+            slot.static_weight = weight;
+            slot.shared.metrics.static_weight(weight);
+            // The file is the truth again: what the API changed ends here.
+            if std::mem::replace(&mut slot.admin, AdminState::Ready) != AdminState::Ready {
+                rejoining.push(i);
+            }
+            slot.removing = None;
+            if backoff_changed {
+                slot.backoff =
+                    Backoff::new(upstream.health.backoff_base, upstream.health.backoff_max);
+            }
+            if settings_changed {
+                if let Some(actor) = &slot.actor {
+                    let _ = actor.cast(BackendMsg::Retune(upstream.clone()));
+                }
+            }
+            applied.kept.push(slot.shared.authority.to_string());
+        }
+        let pool_mean = self.mean_latency();
+        for i in rejoining {
+            if let Some(actor) = &self.slots[i].actor {
+                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
+            }
+        }
+        for &i in &plan.remove {
+            let slot = &mut self.slots[i];
+            slot.removing.get_or_insert(now);
+            applied.removed.push(slot.shared.authority.to_string());
+        }
+        for i in 0..self.slots.len() {
+            if self.probed(i) && !self.slots[i].probing {
+                self.schedule_probe(myself, i, Duration::ZERO);
+            }
+        }
+        for &j in &plan.add {
+            let b = upstream.backends[j].clone();
+            match self.add_slot(myself, &b, true, now).await {
+                Ok(_) => applied.added.push(b.address.clone()),
+                Err(e) => {
+                    tracing::error!(upstream = %upstream.name, backend = %b.address, error = %e, "cannot start an added backend")
+                }
+            }
+        }
+        tracing::info!(
+            upstream = %upstream.name,
+            added = applied.added.len(),
+            removed = applied.removed.len(),
+            kept = applied.kept.len(),
+            "upstream reconfigured"
+        );
+        self.sweep(myself, now);
+        self.publish(now);
+        applied
+    }
+
+    /// Adds backend `b` in slow start; one being removed is kept instead.
+    async fn add_backend(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        b: &BackendConfig,
+    ) -> Result<(), ChangeError> {
+        let now = Instant::now();
+        if let Some(i) = self.index_of_address(&b.address) {
+            let slot = &mut self.slots[i];
+            if slot.removing.take().is_none() {
+                return Err(ChangeError::DuplicateBackend(b.address.clone()));
+            }
+            slot.static_weight = b.weight;
+            slot.shared.metrics.static_weight(b.weight);
+            if !slot.probing && self.probed(i) {
+                self.schedule_probe(myself, i, Duration::ZERO);
+            }
+            self.publish(now);
+            return Ok(());
+        }
+        self.add_slot(myself, b, true, now)
+            .await
+            .map_err(|e| ChangeError::Spawn {
+                address: b.address.clone(),
+                reason: e.to_string(),
+            })?;
+        self.publish(now);
+        Ok(())
+    }
+
+    /// Starts draining backend `address` out of the pool.
+    fn remove_backend(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        address: &str,
+    ) -> Result<(), ChangeError> {
+        let i = self
+            .index_of_address(address)
+            .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
+        let now = Instant::now();
+        self.slots[i].removing.get_or_insert(now);
+        self.sweep(myself, now);
+        self.publish(now);
+        Ok(())
+    }
+
+    /// Sets backend `address`'s [`AdminState`].
+    fn set_state(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        address: &str,
+        to: AdminState,
+    ) -> Result<(), ChangeError> {
+        let i = self
+            .index_of_address(address)
+            .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
+        if self.slots[i].removing.is_some() {
+            return Err(ChangeError::Removing(address.to_string()));
+        }
+        let from = std::mem::replace(&mut self.slots[i].admin, to);
+        if from != AdminState::Ready && to == AdminState::Ready {
+            let pool_mean = self.mean_latency();
+            if let Some(actor) = &self.slots[i].actor {
+                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
+            }
+        }
+        if self.probed(i) && !self.slots[i].probing {
+            self.schedule_probe(myself, i, Duration::ZERO);
+        }
+        self.publish(Instant::now());
+        Ok(())
+    }
+
+    /// Drops the removed backends with nothing in flight, or removed longer than the drain
+    /// timeout (their last requests finish unseen); stops a retiring pool once empty; looks
+    /// again later while any removal is pending.
+    fn sweep(&mut self, myself: &ActorRef<PoolMsg>, now: Instant) {
+        let drain = self.drain;
+        let mut i = 0;
+        while i < self.slots.len() {
+            let gone = self.slots[i].removing.is_some_and(|since| {
+                self.slots[i].shared.inflight() == 0
+                    || now.saturating_duration_since(since) >= drain
+            });
+            if !gone {
+                i += 1;
+                continue;
+            }
+            let slot = self.slots.remove(i);
+            slot.shared.metrics.publish(&Figures {
+                weight: 0.0,
+                ewma_seconds: 0.0,
+                success_rate: 0.0,
+                healthy: false,
+                circuit: CircuitState::Closed,
+            });
+            if let Some(actor) = slot.actor {
+                // Out of the slots first, so the supervisor does not restart it.
+                actor.stop(Some("removed".into()));
+            }
+            tracing::info!(
+                upstream = %self.upstream.name,
+                backend = %slot.shared.authority,
+                inflight = slot.shared.inflight(),
+                "backend removed"
+            );
+        }
+        if self.retiring && self.slots.is_empty() {
+            myself.stop(Some("upstream removed".into()));
+            return;
+        }
+        if !self.sweeping && self.slots.iter().any(|s| s.removing.is_some()) {
+            self.sweeping = true;
+            myself.send_after(SWEEP_PERIOD, || PoolMsg::Sweep);
+        }
     }
 
     fn index_of_actor(&self, cell: &ActorCell) -> Option<usize> {
@@ -354,7 +687,11 @@ impl PoolState {
             .slots
             .iter()
             .filter(|s| {
-                s.actor.is_some() && s.view.healthy && s.view.circuit == CircuitState::Closed
+                s.actor.is_some()
+                    && s.view.healthy
+                    && s.view.circuit == CircuitState::Closed
+                    && s.admin == AdminState::Ready
+                    && s.removing.is_none()
             })
             .fold((0.0, 0u32), |(sum, n), s| (sum + s.view.latency, n + 1));
         if n == 0 {
@@ -368,6 +705,7 @@ impl PoolState {
         &mut self,
         myself: &ActorRef<PoolMsg>,
         i: usize,
+        ramp: bool,
     ) -> Result<(), ActorProcessingErr> {
         let initial = self.mean_latency();
         let healthy = self.slots[i].view.healthy;
@@ -379,17 +717,17 @@ impl PoolState {
             metrics: self.slots[i].shared.metrics.clone(),
             initial_latency: initial,
             healthy,
+            ramp,
         };
         let (actor, _) = Actor::spawn_linked(None, BackendActor, args, myself.get_cell()).await?;
         let slot = &mut self.slots[i];
         slot.actor = Some(actor);
         // A new actor has a fresh breaker: the pool's view starts over with it.
-        slot.view = BackendView::fresh(
-            healthy,
-            initial,
-            self.upstream.adaptive.ewma_decay,
-            Instant::now(),
-        );
+        let now = Instant::now();
+        slot.view = BackendView::fresh(healthy, initial, self.upstream.adaptive.ewma_decay, now);
+        if ramp && !self.upstream.adaptive.slow_start.is_zero() {
+            slot.view.slow_start_since = Some(now);
+        }
         slot.opened_at = None;
         Ok(())
     }
@@ -435,15 +773,13 @@ impl PoolState {
         {
             return Vec::new();
         }
-        let cap = ejection::breaker_cap(
-            self.slots.len(),
-            self.upstream.circuit_breaker.max_ejection_percent,
-        );
+        let active = (0..self.slots.len()).filter(|&i| self.active(i)).count();
+        let cap = ejection::breaker_cap(active, self.upstream.circuit_breaker.max_ejection_percent);
         let opened = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.view.circuit, CircuitState::Open { .. }))
+            .filter(|&(i, s)| self.active(i) && matches!(s.view.circuit, CircuitState::Open { .. }))
             .map(|(i, s)| (s.opened_at.unwrap_or(now), i))
             .collect();
         ejection::ejected(opened, cap)
@@ -453,7 +789,8 @@ impl PoolState {
     /// ejected it. (A half-open one is, for its trial requests: see [`Self::admits`].)
     fn in_rotation(&self, i: usize, ejected: &[usize]) -> bool {
         let s = &self.slots[i];
-        s.actor.is_some()
+        self.active(i)
+            && s.actor.is_some()
             && s.view.healthy
             && !(matches!(s.view.circuit, CircuitState::Open { .. }) && ejected.contains(&i))
     }
@@ -589,6 +926,11 @@ impl PoolState {
 
     fn probe_result(&mut self, myself: &ActorRef<PoolMsg>, id: BackendId, pass: bool) {
         let Some(i) = self.index_of(id) else { return };
+        self.slots[i].probing = false;
+        if !self.probed(i) {
+            // In maintenance or on its way out: the probes pause; `ready` restarts them.
+            return;
+        }
         let pool_mean = self.mean_latency();
         let health = &self.upstream.health;
         let slot = &mut self.slots[i];
@@ -619,7 +961,8 @@ impl PoolState {
         self.schedule_probe(myself, i, delay);
     }
 
-    fn schedule_probe(&self, myself: &ActorRef<PoolMsg>, i: usize, delay: Duration) {
+    fn schedule_probe(&mut self, myself: &ActorRef<PoolMsg>, i: usize, delay: Duration) {
+        self.slots[i].probing = true;
         let slot = &self.slots[i];
         let id = slot.shared.id;
         let authority = slot.shared.authority.clone();
@@ -705,6 +1048,8 @@ impl PoolState {
                         slow_start_factor: self.ramp(i, now),
                         picks: s.shared.picks(),
                         actor_restarts: s.restarts,
+                        admin_state: s.admin.name(),
+                        removing: s.removing.is_some(),
                     }
                 })
                 .collect(),

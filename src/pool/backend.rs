@@ -59,6 +59,11 @@ pub enum BackendMsg {
     Probe { pass: bool, pool_mean: Duration },
     /// The breaker's open period may be over.
     Tick,
+    /// A reload changed the upstream's settings: take them, keeping every estimate and state.
+    Retune(Arc<Upstream>),
+    /// The operator put the backend back to `ready`: start over from the pool's mean latency
+    /// and ramp up, as after a return to rotation.
+    Rejoin { pool_mean: Duration },
 }
 
 /// What the pool knows of a backend: everything a pick and /status need.
@@ -127,6 +132,8 @@ pub struct BackendArgs {
     pub(crate) initial_latency: Duration,
     /// Whether it starts healthy: a restarted actor keeps what the probes had found.
     pub(crate) healthy: bool,
+    /// Whether it starts in slow start (a backend added to a running pool).
+    pub(crate) ramp: bool,
 }
 
 /// The state a backend actor drives.
@@ -166,11 +173,15 @@ impl Actor for BackendActor {
         if !args.healthy {
             probes.force(false);
         }
+        let mut slow_start = SlowStart::new(up.adaptive.slow_start);
+        if args.ramp {
+            slow_start.begin(now);
+        }
         let mut state = BackendState {
             ewma: PeakEwma::new(args.initial_latency, up.adaptive.ewma_decay, now),
             success: SuccessRate::new(up.adaptive.ewma_decay, now),
             breaker: Breaker::new(&up.circuit_breaker, now),
-            slow_start: SlowStart::new(up.adaptive.slow_start),
+            slow_start,
             probes,
             pool_mean: args.initial_latency,
             id: args.id,
@@ -204,6 +215,15 @@ impl Actor for BackendActor {
                 state.fold_probe(pass)
             }
             BackendMsg::Tick => state.breaker.poll(now),
+            BackendMsg::Retune(upstream) => {
+                state.retune(upstream, now);
+                None
+            }
+            BackendMsg::Rejoin { pool_mean } => {
+                state.pool_mean = pool_mean;
+                state.rejoin(now);
+                None
+            }
         };
         if let Some(circuit) = circuit_change {
             state.metrics.transition(circuit);
@@ -252,6 +272,20 @@ impl BackendState {
             }
             None => None,
         }
+    }
+
+    /// Takes a reload's settings for this upstream; estimates, breaker state and probe streaks
+    /// carry over.
+    fn retune(&mut self, upstream: Arc<Upstream>, now: Instant) {
+        self.breaker.retune(&upstream.circuit_breaker, now);
+        self.probes.retune(
+            upstream.health.healthy_threshold,
+            upstream.health.unhealthy_threshold,
+        );
+        self.ewma.retune(upstream.adaptive.ewma_decay);
+        self.success.retune(upstream.adaptive.ewma_decay);
+        self.slow_start.retune(upstream.adaptive.slow_start);
+        self.upstream = upstream;
     }
 
     /// Back in rotation: estimates start over from the pool's mean, and the weight ramps up.
@@ -390,6 +424,7 @@ mod tests {
             metrics: metrics.backend("web", "127.0.0.1:1", 1),
             initial_latency: Duration::from_millis(10),
             healthy: true,
+            ramp: false,
         };
         let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
         let failure = Outcome {

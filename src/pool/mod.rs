@@ -5,9 +5,11 @@
 
 mod actor;
 mod backend;
+mod change;
 mod lease;
 mod probe;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
 pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
+pub use change::{AdminState, Applied, ChangeError};
 pub use lease::Lease;

@@ -299,9 +299,9 @@ impl Metrics {
             failures: FAILURE_KINDS
                 .map(|k| self.counter(names::UPSTREAM_FAILURES, &with("kind", k))),
             upstream_duration: self.histogram(names::UPSTREAM_DURATION, &b),
+            static_weight: self.gauge(names::BACKEND_STATIC_WEIGHT, &b),
         };
-        self.gauge(names::BACKEND_STATIC_WEIGHT, &b)
-            .set(f64::from(static_weight));
+        m.static_weight(static_weight);
         Arc::new(m)
     }
 }
@@ -355,6 +355,7 @@ pub struct BackendMetrics {
     inflight: Gauge,
     healthy: Gauge,
     circuit_state: Gauge,
+    static_weight: Gauge,
     transitions: [Counter; 3],
     probes: [Counter; 2],
     requests: [Counter; 5],
@@ -385,6 +386,11 @@ impl BackendMetrics {
         self.success_rate.set(f.success_rate);
         self.healthy.set(if f.healthy { 1.0 } else { 0.0 });
         self.circuit_state.set(circuit_index(f.circuit) as f64);
+    }
+
+    /// The configured weight (set again when a reload or the admin API changes it).
+    pub fn static_weight(&self, weight: u32) {
+        self.static_weight.set(f64::from(weight));
     }
 
     /// One more request in flight (`up`) or one fewer.
