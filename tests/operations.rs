@@ -1,5 +1,6 @@
 //! Day-one operations on the real binary: a graceful shutdown on SIGTERM (the request in flight
-//! completes, new connections are refused, exit 0).
+//! completes, new connections are refused, exit 0), and SIGHUP reloading the file (an invalid
+//! one is refused with its reason, and fulcrum serves on).
 
 mod common;
 
@@ -40,4 +41,37 @@ async fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections()
     let (log, status) = f.wait().await;
     assert!(status.success(), "{status}");
     assert!(log.iter().any(|e| message(e) == "fulcrum stopped"));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_refuses_an_invalid_one() {
+    let bs = backends(2).await;
+    let (mut f, proxy) = Fulcrum::start(&binary_config(&bs[..1], ""), "info").await;
+    let c = client();
+    assert_eq!(
+        get(&c, proxy, "/", None).await.backend.as_deref(),
+        Some("b0")
+    );
+
+    f.rewrite(&binary_config(&bs, ""));
+    f.signal(Signal::SIGHUP);
+    let e = f.until(|e| message(e) == "config reloaded").await;
+    assert_eq!(e["level"], "INFO", "{e}");
+    let mut b1 = 0;
+    for _ in 0..6 {
+        let a = get(&c, proxy, "/", None).await;
+        assert_eq!(a.status, 200);
+        b1 += usize::from(a.backend.as_deref() == Some("b1"));
+    }
+    assert!(b1 > 0, "the backend added by the reload takes traffic");
+
+    f.rewrite(&binary_config(&bs, "").replace("weight = 1", "weight = -1"));
+    f.signal(Signal::SIGHUP);
+    let e = f
+        .until(|e| message(e).starts_with("config reload refused"))
+        .await;
+    let reason = e["fields"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("upstreams[0].backends[0].weight"), "{e}");
+    assert_eq!(get(&c, proxy, "/", None).await.status, 200);
+    f.stop().await;
 }
