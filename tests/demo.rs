@@ -26,8 +26,8 @@ async fn the_demo_serves_and_prints_where_to_look() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut status, mut metrics) = (None, None, None);
-    while proxy.is_none() || status.is_none() || metrics.is_none() {
+    let (mut proxy, mut status, mut metrics, mut drain) = (None, None, None, None);
+    while proxy.is_none() || status.is_none() || metrics.is_none() || drain.is_none() {
         let line = tokio::time::timeout(PATIENCE, lines.next_line())
             .await
             .expect("demo prints its addresses")
@@ -48,6 +48,10 @@ async fn the_demo_serves_and_prints_where_to_look() {
         } else if line.trim_start().starts_with("status:") {
             assert!(line.trim_end().ends_with("/status"), "{line}");
             status = Some(url(&line));
+        } else if line.trim_start().starts_with("drain:") {
+            // curl -s -X PUT http://ADMIN/admin/upstreams/demo/backends/SLOW/state -d '...'
+            let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+            drain = url.map(str::to_string);
         } else if line.trim_start().starts_with("metrics:") {
             assert!(line.trim_end().ends_with("/metrics"), "{line}");
             metrics = Some(url(&line));
@@ -82,5 +86,23 @@ async fn the_demo_serves_and_prints_where_to_look() {
         .filter(|l| l.starts_with("fulcrum_backend_weight{"))
         .count();
     assert_eq!(weights, 3, "{}", m.body);
+
+    // The printed drain command works: the slow backend is switched to `drain`.
+    let req = http::Request::put(drain.unwrap())
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"state": "drain"}"#,
+        )))
+        .unwrap();
+    let a = collect(c.request(req).await.unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let s = get(&c, status, "/status", None).await;
+    let doc: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+    let states: Vec<&str> = doc["upstreams"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["admin_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ready", "drain", "ready"]);
     child.kill().await.unwrap();
 }
