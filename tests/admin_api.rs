@@ -227,10 +227,9 @@ async fn api_changes_last_until_a_reload_and_a_bad_reload_is_a_400() {
             backend_tables(backends, &[])
         )
     };
-    let path = std::env::temp_dir().join(format!("fulcrum-admin-{}.toml", std::process::id()));
-    std::fs::write(&path, text(&bs[..1])).unwrap();
-    let config = Config::load(&path).unwrap();
-    let server = Server::start_from(&config, Some(path.clone()), Some(1))
+    let file = ConfigFile::new(&text(&bs[..1]));
+    let config = Config::load(&file.0).unwrap();
+    let server = Server::start_from(&config, Some(file.0.clone()), Some(1))
         .await
         .unwrap();
     let a = server.admin_addr();
@@ -246,7 +245,7 @@ async fn api_changes_last_until_a_reload_and_a_bad_reload_is_a_400() {
     assert_eq!(status, 201);
     assert_eq!(pool_status(&server).await.backends.len(), 2);
 
-    std::fs::write(&path, "[[upstreams]]\nname = \"web\"\nbackends = 3\n").unwrap();
+    file.write("[[upstreams]]\nname = \"web\"\nbackends = 3\n");
     let (status, body) = admin(a, Method::POST, "/admin/reload", None, None).await;
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -260,14 +259,13 @@ async fn api_changes_last_until_a_reload_and_a_bad_reload_is_a_400() {
     );
 
     // The file is the truth again: the backend added through the API goes.
-    std::fs::write(&path, text(&bs[..1])).unwrap();
+    file.write(&text(&bs[..1]));
     let (status, body) = admin(a, Method::POST, "/admin/reload", None, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["backends"]["web"]["removed"][0], b1);
     assert_eq!(pool_status(&server).await.backends.len(), 1);
     let (status, _) = admin(a, Method::GET, "/admin/reload", None, None).await;
     assert_eq!(status, 405);
-    let _ = std::fs::remove_file(&path);
     server.shutdown().await;
 }
 

@@ -11,36 +11,7 @@ use fulcrum::control::ReloadError;
 use fulcrum::pool::PoolMsg;
 use fulcrum::server::Server;
 use loadtest::{Backend, Fault};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-
-/// A config file of one test, rewritten between reloads.
-struct File(PathBuf);
-
-static FILES: AtomicU32 = AtomicU32::new(0);
-
-impl File {
-    fn new(text: &str) -> File {
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-reload-{}-{}.toml",
-            std::process::id(),
-            FILES.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, text).unwrap();
-        File(path)
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.0, text).unwrap();
-    }
-}
-
-impl Drop for File {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// An upstream table: `name`, matching `prefix`, over these backends with their weights.
 fn upstream(name: &str, prefix: &str, backends: &[(&Backend, u32)]) -> String {
@@ -57,6 +28,11 @@ fn upstream(name: &str, prefix: &str, backends: &[(&Backend, u32)]) -> String {
     t
 }
 
+/// A file with upstream `web` over these backends.
+fn web(backends: &[(&Backend, u32)]) -> String {
+    file_text(&upstream("web", "/", backends))
+}
+
 /// A whole file around these upstream tables.
 fn file_text(upstreams: &str) -> String {
     format!(
@@ -65,7 +41,7 @@ fn file_text(upstreams: &str) -> String {
     )
 }
 
-async fn start_on(file: &File) -> Server {
+async fn start_on(file: &ConfigFile) -> Server {
     let text = std::fs::read_to_string(&file.0).unwrap();
     let config = Config::from_toml(&text).unwrap();
     Server::start_from(&config, Some(file.0.clone()), Some(7))
@@ -89,11 +65,7 @@ async fn actor_id(server: &Server, id: fulcrum::policy::balance::BackendId) -> r
 #[tokio::test]
 async fn a_kept_backend_keeps_its_actor_estimates_and_connection_and_an_added_one_ramps() {
     let bs = backends(3).await;
-    let file = File::new(&file_text(&upstream(
-        "web",
-        "/",
-        &[(&bs[0], 1), (&bs[1], 1)],
-    )));
+    let file = ConfigFile::new(&web(&[(&bs[0], 1), (&bs[1], 1)]));
     let server = start_on(&file).await;
     let c = client();
     for _ in 0..10 {
@@ -154,11 +126,7 @@ async fn a_kept_backend_keeps_its_actor_estimates_and_connection_and_an_added_on
 #[tokio::test]
 async fn a_removed_backend_finishes_its_request_in_flight() {
     let bs = backends(2).await;
-    let file = File::new(&file_text(&upstream(
-        "web",
-        "/",
-        &[(&bs[0], 1), (&bs[1], 1)],
-    )));
+    let file = ConfigFile::new(&web(&[(&bs[0], 1), (&bs[1], 1)]));
     let server = start_on(&file).await;
     bs[0].set_health_fault(Fault::OK);
     bs[0].set_fault(Fault::latency(Duration::from_millis(1000)));
@@ -166,7 +134,7 @@ async fn a_removed_backend_finishes_its_request_in_flight() {
     let addr = server.proxy_addr();
     let slow = tokio::spawn(async move { get(&client(), addr, "/", None).await });
     bs[0].wait_requests(1).await;
-    file.write(&file_text(&upstream("web", "/", &[(&bs[1], 1)])));
+    file.write(&web(&[(&bs[1], 1)]));
     let done = server.reload().await.unwrap();
     assert_eq!(done.backends["web"].removed, vec![bs[0].addr().to_string()]);
     let s = pool_status(&server).await;
@@ -184,43 +152,30 @@ async fn a_removed_backend_finishes_its_request_in_flight() {
     server.shutdown().await;
 }
 
+/// The backend that answers `/api/x`.
+async fn api_answered_by(server: &Server) -> String {
+    let a = get(&client(), server.proxy_addr(), "/api/x", None).await;
+    a.backend.unwrap_or_default()
+}
+
 #[tokio::test]
 async fn upstreams_come_and_go_with_the_file() {
     let bs = backends(2).await;
     let web = upstream("web", "/", &[(&bs[0], 1)]);
-    let file = File::new(&file_text(&web));
+    let file = ConfigFile::new(&file_text(&web));
     let server = start_on(&file).await;
-    let c = client();
-    assert_eq!(
-        get(&c, server.proxy_addr(), "/api/x", None)
-            .await
-            .backend
-            .as_deref(),
-        Some("b0")
-    );
+    assert_eq!(api_answered_by(&server).await, "b0");
     file.write(&file_text(&format!(
         "{web}{}",
         upstream("api", "/api", &[(&bs[1], 1)])
     )));
     let done = server.reload().await.unwrap();
     assert_eq!(done.upstreams_added, vec!["api".to_string()]);
-    assert_eq!(
-        get(&c, server.proxy_addr(), "/api/x", None)
-            .await
-            .backend
-            .as_deref(),
-        Some("b1")
-    );
+    assert_eq!(api_answered_by(&server).await, "b1");
     file.write(&file_text(&web));
     let done = server.reload().await.unwrap();
     assert_eq!(done.upstreams_removed, vec!["api".to_string()]);
-    assert_eq!(
-        get(&c, server.proxy_addr(), "/api/x", None)
-            .await
-            .backend
-            .as_deref(),
-        Some("b0")
-    );
+    assert_eq!(api_answered_by(&server).await, "b0");
     assert!(server.pool("api").is_none());
     server.shutdown().await;
 }
@@ -228,8 +183,8 @@ async fn upstreams_come_and_go_with_the_file() {
 #[tokio::test]
 async fn an_invalid_file_changes_nothing_and_says_why() {
     let bs = backends(2).await;
-    let good = file_text(&upstream("web", "/", &[(&bs[0], 1), (&bs[1], 1)]));
-    let file = File::new(&good);
+    let good = web(&[(&bs[0], 1), (&bs[1], 1)]);
+    let file = ConfigFile::new(&good);
     let server = start_on(&file).await;
     let before = pool_status(&server).await;
     file.write(&good.replace("weight = 1", "weight = 0"));
@@ -273,7 +228,7 @@ async fn no_request_fails_while_reloads_follow_each_other_under_load() {
         ),
         upstream("web", "/", &[(&bs[3], 1)]),
     ];
-    let file = File::new(&file_text(&layouts[0]));
+    let file = ConfigFile::new(&file_text(&layouts[0]));
     let server = start_on(&file).await;
     let load = paced(server.proxy_addr(), 200, Duration::from_secs(3));
     let reloads = async {

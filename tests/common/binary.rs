@@ -2,14 +2,12 @@
 //! can rewrite it and send SIGHUP), its JSON log read event by event from stderr, signalled
 //! with nix, and stopped with SIGTERM.
 
-use super::PATIENCE;
+use super::{ConfigFile, PATIENCE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr};
 
@@ -18,27 +16,19 @@ pub struct Fulcrum {
     child: Child,
     log: Lines<BufReader<ChildStderr>>,
     seen: Vec<Json>,
-    config: PathBuf,
+    config: ConfigFile,
     /// The admin listener's address.
     pub admin: SocketAddr,
 }
-
-/// Numbers the config files of one test process.
-static FILES: AtomicU32 = AtomicU32::new(0);
 
 impl Fulcrum {
     /// Starts `fulcrum run` on `config` with `RUST_LOG` set to `filter`, and waits for it to
     /// say where it listens; the proxy's address.
     pub async fn start(config: &str, filter: &str) -> (Fulcrum, SocketAddr) {
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-test-{}-{}.toml",
-            std::process::id(),
-            FILES.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, config).unwrap();
+        let file = ConfigFile::new(config);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fulcrum"))
             .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
+            .arg(&file.0)
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,7 +40,7 @@ impl Fulcrum {
             child,
             log,
             seen: Vec::new(),
-            config: path,
+            config: file,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let started = f.until(|e| message(e) == "fulcrum started").await;
@@ -67,7 +57,7 @@ impl Fulcrum {
 
     /// Replaces the config file's text (for a reload).
     pub fn rewrite(&self, config: &str) {
-        std::fs::write(&self.config, config).unwrap();
+        self.config.write(config);
     }
 
     /// Sends `signal` to the process.
@@ -115,12 +105,6 @@ impl Fulcrum {
         let (seen, status) = self.wait().await;
         assert!(status.success(), "{status}");
         seen
-    }
-}
-
-impl Drop for Fulcrum {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
     }
 }
 

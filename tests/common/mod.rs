@@ -29,6 +29,34 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     TIMED.lock().await
 }
 
+/// Numbers the config files of one test process.
+static FILES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A config file in the temp dir, removed when dropped; rewritten between reloads.
+pub struct ConfigFile(pub std::path::PathBuf);
+
+impl ConfigFile {
+    pub fn new(text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "fulcrum-test-{}-{}.toml",
+            std::process::id(),
+            FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
