@@ -28,7 +28,7 @@
 //! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
 
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
-use super::change::{self, AdminState, Applied, ChangeError};
+use super::change::{AdminState, Applied, ChangeError};
 use super::lease::{BackendShared, Lease};
 use super::probe;
 use crate::config::{Algorithm, BackendConfig, Upstream};
@@ -42,11 +42,13 @@ use crate::policy::weight::{dynamic_weight, effective_latency, WeightInputs};
 use crate::telemetry::metrics::{Figures, Metrics, UpstreamMetrics};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+mod changes;
 
 /// Where a latency estimate starts when nothing is known of any backend yet.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(10);
@@ -418,259 +420,6 @@ impl PoolState {
     fn probed(&self, i: usize) -> bool {
         let s = &self.slots[i];
         s.admin != AdminState::NotReady && s.removing.is_none()
-    }
-
-    /// Adds a slot for backend `b`, starts its actor (in slow start if `ramp`) and its probes.
-    async fn add_slot(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        b: &BackendConfig,
-        ramp: bool,
-        now: Instant,
-    ) -> Result<usize, ActorProcessingErr> {
-        let authority = b
-            .authority()
-            .map_err(|e| format!("backend {}: {e}", b.address))?
-            .to_string();
-        let id = self.next_id;
-        self.next_id += 1;
-        let up = &self.upstream;
-        self.slots.push(Slot {
-            shared: Arc::new(BackendShared::new(
-                id,
-                Arc::from(authority.as_str()),
-                self.registry.backend(&up.name, &authority, b.weight),
-                now,
-            )),
-            static_weight: b.weight,
-            actor: None,
-            view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, now),
-            opened_at: None,
-            trial_picks: 0,
-            opens: 0,
-            backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
-            restarts: 0,
-            admin: AdminState::Ready,
-            removing: None,
-            probing: false,
-        });
-        let i = self.slots.len() - 1;
-        self.spawn_backend(myself, i, ramp).await?;
-        // Spread the first probes over a quarter interval rather than all at once.
-        let first = self
-            .upstream
-            .health
-            .interval
-            .mul_f64(self.rng.random::<f64>() / 4.0);
-        self.schedule_probe(myself, i, first);
-        Ok(i)
-    }
-
-    /// Applies a reload to this pool: new settings for all, the backend list by [`change::plan`].
-    async fn reconfigure(&mut self, myself: &ActorRef<PoolMsg>, new: Upstream) -> Applied {
-        let now = Instant::now();
-        let running: Vec<(&str, u32)> = self
-            .slots
-            .iter()
-            .map(|s| (&*s.shared.authority, s.static_weight))
-            .collect();
-        let wanted: Vec<(&str, u32)> = new
-            .backends
-            .iter()
-            .map(|b| (b.authority().unwrap_or(b.address.as_str()), b.weight))
-            .collect();
-        let plan = change::plan(&running, &wanted);
-        let settings_changed = {
-            let mut a = (*self.upstream).clone();
-            a.backends.clear();
-            let mut b = new.clone();
-            b.backends.clear();
-            a != b
-        };
-        if new.algorithm != self.upstream.algorithm {
-            self.balancer = balance::for_algorithm(new.algorithm);
-        }
-        if new.retry != self.upstream.retry {
-            self.budget = RetryBudget::new(&new.retry, now);
-        }
-        let backoff_changed = new.health.backoff_base != self.upstream.health.backoff_base
-            || new.health.backoff_max != self.upstream.health.backoff_max;
-        let upstream = Arc::new(new);
-        self.upstream = upstream.clone();
-        let mut applied = Applied::default();
-        let mut rejoining = Vec::new();
-        for &(i, weight) in &plan.keep {
-            let slot = &mut self.slots[i];
-            slot.static_weight = weight;
-            slot.shared.metrics.static_weight(weight);
-            // The file is the truth again: what the API changed ends here.
-            if std::mem::replace(&mut slot.admin, AdminState::Ready) != AdminState::Ready {
-                rejoining.push(i);
-            }
-            slot.removing = None;
-            if backoff_changed {
-                slot.backoff =
-                    Backoff::new(upstream.health.backoff_base, upstream.health.backoff_max);
-            }
-            if settings_changed {
-                if let Some(actor) = &slot.actor {
-                    let _ = actor.cast(BackendMsg::Retune(upstream.clone()));
-                }
-            }
-            applied.kept.push(slot.shared.authority.to_string());
-        }
-        let pool_mean = self.mean_latency();
-        for i in rejoining {
-            if let Some(actor) = &self.slots[i].actor {
-                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
-            }
-        }
-        for &i in &plan.remove {
-            let slot = &mut self.slots[i];
-            slot.removing.get_or_insert(now);
-            applied.removed.push(slot.shared.authority.to_string());
-        }
-        for i in 0..self.slots.len() {
-            if self.probed(i) && !self.slots[i].probing {
-                self.schedule_probe(myself, i, Duration::ZERO);
-            }
-        }
-        for &j in &plan.add {
-            let b = upstream.backends[j].clone();
-            match self.add_slot(myself, &b, true, now).await {
-                Ok(_) => applied.added.push(b.address.clone()),
-                Err(e) => {
-                    tracing::error!(upstream = %upstream.name, backend = %b.address, error = %e, "cannot start an added backend")
-                }
-            }
-        }
-        tracing::info!(
-            upstream = %upstream.name,
-            added = applied.added.len(),
-            removed = applied.removed.len(),
-            kept = applied.kept.len(),
-            "upstream reconfigured"
-        );
-        self.sweep(myself, now);
-        self.publish(now);
-        applied
-    }
-
-    /// Adds backend `b` in slow start; one being removed is kept instead.
-    async fn add_backend(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        b: &BackendConfig,
-    ) -> Result<(), ChangeError> {
-        let now = Instant::now();
-        if let Some(i) = self.index_of_address(&b.address) {
-            let slot = &mut self.slots[i];
-            if slot.removing.take().is_none() {
-                return Err(ChangeError::DuplicateBackend(b.address.clone()));
-            }
-            slot.static_weight = b.weight;
-            slot.shared.metrics.static_weight(b.weight);
-            if !slot.probing && self.probed(i) {
-                self.schedule_probe(myself, i, Duration::ZERO);
-            }
-            self.publish(now);
-            return Ok(());
-        }
-        self.add_slot(myself, b, true, now)
-            .await
-            .map_err(|e| ChangeError::Spawn {
-                address: b.address.clone(),
-                reason: e.to_string(),
-            })?;
-        self.publish(now);
-        Ok(())
-    }
-
-    /// Starts draining backend `address` out of the pool.
-    fn remove_backend(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        address: &str,
-    ) -> Result<(), ChangeError> {
-        let i = self
-            .index_of_address(address)
-            .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
-        let now = Instant::now();
-        self.slots[i].removing.get_or_insert(now);
-        self.sweep(myself, now);
-        self.publish(now);
-        Ok(())
-    }
-
-    /// Sets backend `address`'s [`AdminState`].
-    fn set_state(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        address: &str,
-        to: AdminState,
-    ) -> Result<(), ChangeError> {
-        let i = self
-            .index_of_address(address)
-            .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
-        if self.slots[i].removing.is_some() {
-            return Err(ChangeError::Removing(address.to_string()));
-        }
-        let from = std::mem::replace(&mut self.slots[i].admin, to);
-        if from != AdminState::Ready && to == AdminState::Ready {
-            let pool_mean = self.mean_latency();
-            if let Some(actor) = &self.slots[i].actor {
-                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
-            }
-        }
-        if self.probed(i) && !self.slots[i].probing {
-            self.schedule_probe(myself, i, Duration::ZERO);
-        }
-        self.publish(Instant::now());
-        Ok(())
-    }
-
-    /// Drops the removed backends with nothing in flight, or removed longer than the drain
-    /// timeout (their last requests finish unseen); stops a retiring pool once empty; looks
-    /// again later while any removal is pending.
-    fn sweep(&mut self, myself: &ActorRef<PoolMsg>, now: Instant) {
-        let drain = self.drain;
-        let mut i = 0;
-        while i < self.slots.len() {
-            let gone = self.slots[i].removing.is_some_and(|since| {
-                self.slots[i].shared.inflight() == 0
-                    || now.saturating_duration_since(since) >= drain
-            });
-            if !gone {
-                i += 1;
-                continue;
-            }
-            let slot = self.slots.remove(i);
-            slot.shared.metrics.publish(&Figures {
-                weight: 0.0,
-                ewma_seconds: 0.0,
-                success_rate: 0.0,
-                healthy: false,
-                circuit: CircuitState::Closed,
-            });
-            if let Some(actor) = slot.actor {
-                // Out of the slots first, so the supervisor does not restart it.
-                actor.stop(Some("removed".into()));
-            }
-            tracing::info!(
-                upstream = %self.upstream.name,
-                backend = %slot.shared.authority,
-                inflight = slot.shared.inflight(),
-                "backend removed"
-            );
-        }
-        if self.retiring && self.slots.is_empty() {
-            myself.stop(Some("upstream removed".into()));
-            return;
-        }
-        if !self.sweeping && self.slots.iter().any(|s| s.removing.is_some()) {
-            self.sweeping = true;
-            myself.send_after(SWEEP_PERIOD, || PoolMsg::Sweep);
-        }
     }
 
     fn index_of_actor(&self, cell: &ActorCell) -> Option<usize> {
