@@ -295,11 +295,9 @@ impl Handler for Admin {
             (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["status"] | ["admin", "upstreams"]) => self.status().await,
             (&Method::POST, ["admin", "reload"]) => self.reload(client).await,
+            // `segments` borrow the path's own copy, so `req` can move on with its body.
             (_, ["admin", "upstreams", upstream, "backends", rest @ ..]) => {
-                let upstream = upstream.to_string();
-                let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-                self.backends(req, client, &upstream, &rest).await
+                self.backends(req, client, upstream, rest).await
             }
             (_, ["metrics"] | ["status"] | ["admin", "upstreams"]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
