@@ -1,0 +1,187 @@
+//! The cost of a pick and of an outcome (issue 8): each balancing algorithm called directly over
+//! 3, 30 and 300 backends; the same pick asked of a running pool actor, by one caller and by 16
+//! at once; and the per-outcome update of the breaker and the peak EWMA.
+//!
+//! `cargo bench --bench pick`. Nothing here opens a connection: the pool's backends are never
+//! dialled (a pick only hands out a lease), and its probes are an hour away.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fulcrum::config::{Algorithm, CircuitBreaker, Config};
+use fulcrum::policy::balance::{for_algorithm, Candidate};
+use fulcrum::policy::breaker::Breaker;
+use fulcrum::policy::ewma::PeakEwma;
+use fulcrum::pool::{PoolActor, PoolArgs, PoolMsg};
+use fulcrum::telemetry::metrics::Metrics;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::hint::black_box;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SIZES: [usize; 3] = [3, 30, 300];
+
+const ALGORITHMS: [Algorithm; 7] = [
+    Algorithm::Adaptive,
+    Algorithm::P2cEwma,
+    Algorithm::RoundRobin,
+    Algorithm::WeightedRoundRobin,
+    Algorithm::LeastConnections,
+    Algorithm::Random,
+    Algorithm::ConsistentHash,
+];
+
+/// `n` candidates with spread weights, loads and latencies.
+fn candidates(n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            id: i as u64,
+            weight: 1.0 + (i % 4) as f64,
+            inflight: (i % 7) as u32,
+            latency: 0.001 * (1 + i % 5) as f64,
+            ramping: false,
+        })
+        .collect()
+}
+
+fn algorithms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("algorithm");
+    group.throughput(Throughput::Elements(1));
+    for alg in ALGORITHMS {
+        for n in SIZES {
+            let cands = candidates(n);
+            let mut balancer = for_algorithm(alg);
+            let mut rng = SmallRng::seed_from_u64(1);
+            let mut key = 0u64;
+            group.bench_with_input(BenchmarkId::new(alg.name(), n), &cands, |b, cands| {
+                b.iter(|| {
+                    key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    black_box(balancer.pick(black_box(cands), key, &mut rng))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A config of one upstream over `n` loopback backends nobody dials.
+fn pool_config(n: usize, algorithm: Algorithm) -> Config {
+    let mut text = format!(
+        "[[upstreams]]\nname = \"bench\"\nalgorithm = \"{}\"\n",
+        algorithm.name()
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[upstreams.backends]]\naddress = \"127.0.0.1:{}\"\n",
+            20_000 + i
+        ));
+    }
+    text.push_str("[upstreams.health]\nkind = \"tcp\"\ninterval = \"1h\"\n");
+    match Config::from_toml(&text) {
+        Ok(c) => c,
+        Err(e) => panic!("bench config: {e}"),
+    }
+}
+
+async fn spawn_pool(n: usize, algorithm: Algorithm) -> ractor::ActorRef<PoolMsg> {
+    let config = pool_config(n, algorithm);
+    let args = PoolArgs {
+        upstream: config.upstreams[0].clone(),
+        seed: Some(7),
+        metrics: Metrics::new(),
+        drain: Duration::from_secs(1),
+    };
+    let (pool, _) = ractor::Actor::spawn(None, PoolActor, args)
+        .await
+        .expect("pool starts");
+    pool
+}
+
+/// One pick through the pool actor; the lease is dropped at once, as a finished request's is.
+async fn pick(pool: &ractor::ActorRef<PoolMsg>, key: u64) {
+    let answer = pool
+        .call(
+            |reply| PoolMsg::Pick {
+                key,
+                exclude: Vec::new(),
+                retry: None,
+                reply,
+            },
+            Some(Duration::from_secs(1)),
+        )
+        .await;
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(Ok(lease))) => drop(black_box(lease)),
+        other => panic!("pick failed: {other:?}"),
+    }
+}
+
+fn pool_actor(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("pool_actor");
+    group.throughput(Throughput::Elements(1));
+    for n in SIZES {
+        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive));
+        group.bench_function(BenchmarkId::new("one_caller", n), |b| {
+            let mut key = 0u64;
+            b.to_async(&rt).iter(|| {
+                key = key.wrapping_add(1);
+                pick(&pool, key)
+            })
+        });
+        // 16 callers at once: the time per pick when the actor's mailbox is contended.
+        group.bench_function(BenchmarkId::new("16_callers", n), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let pool = pool.clone();
+                async move {
+                    let per = iters.div_ceil(16).max(1);
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..16u64)
+                        .map(|t| {
+                            let pool = pool.clone();
+                            tokio::spawn(async move {
+                                for k in 0..per {
+                                    pick(&pool, t * per + k).await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("caller");
+                    }
+                    // Per pick, as `iters` asked: the callers ran `16 × per` of them.
+                    started.elapsed().mul_f64(iters as f64 / (16 * per) as f64)
+                }
+            })
+        });
+        pool.stop(None);
+    }
+    group.finish();
+}
+
+fn outcome(c: &mut Criterion) {
+    let mut group = c.benchmark_group("outcome");
+    group.throughput(Throughput::Elements(1));
+    let t0 = Instant::now();
+    let mut breaker = Breaker::new(&CircuitBreaker::default(), t0);
+    let mut ewma = PeakEwma::new(Duration::from_millis(5), Duration::from_secs(10), t0);
+    let mut i = 0u64;
+    group.bench_function("breaker_and_ewma", |b| {
+        b.iter(|| {
+            i += 1;
+            let now = t0 + Duration::from_micros(i * 50);
+            // A success mostly, now and then a failure that never trips five in a row.
+            let failed = i.is_multiple_of(10);
+            black_box(breaker.record(failed, now));
+            ewma.observe(Duration::from_micros(1000 + i % 500), now);
+            black_box(ewma.get())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, algorithms, pool_actor, outcome);
+criterion_main!(benches);
