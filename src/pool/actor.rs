@@ -402,9 +402,9 @@ impl PoolState {
         self.slots.iter().position(|s| s.shared.id == id)
     }
 
+    /// The slot of the backend at `address` (`host:port`, as /status shows it).
     fn index_of_address(&self, address: &str) -> Option<usize> {
         let address = address.trim();
-        let address = address.strip_prefix("http://").unwrap_or(address);
         self.slots
             .iter()
             .position(|s| s.shared.authority.eq_ignore_ascii_case(address))

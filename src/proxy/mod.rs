@@ -239,10 +239,7 @@ impl Proxy {
         };
         let upstream = &routes.upstreams[index];
         entry.routed(upstream.name.clone(), upstream.metrics.clone());
-        let (protocol, mut client_upgrade) = match upgrade {
-            Some((p, on)) => (Some(p), Some(on)),
-            None => (None, None),
-        };
+        let (protocol, mut client_upgrade) = upgrade.unzip();
         let (mut template, body) = prepare(req, client, host.as_deref(), self.front.via, protocol);
         template
             .headers

@@ -83,13 +83,12 @@ impl PoolState {
             .map(|b| (b.authority().unwrap_or(b.address.as_str()), b.weight))
             .collect();
         let plan = change::plan(&running, &wanted);
-        let settings_changed = {
-            let mut a = (*self.upstream).clone();
-            a.backends.clear();
-            let mut b = new.clone();
-            b.backends.clear();
-            a != b
-        };
+        // The tables a backend actor reads; the others are the pool's or the proxy's.
+        let old = &self.upstream;
+        let settings_changed = new.health != old.health
+            || new.circuit_breaker != old.circuit_breaker
+            || new.adaptive != old.adaptive
+            || new.timeouts != old.timeouts;
         if new.algorithm != self.upstream.algorithm {
             self.balancer = balance::for_algorithm(new.algorithm);
         }
@@ -104,8 +103,7 @@ impl PoolState {
         let mut rejoining = Vec::new();
         for &(i, weight) in &plan.keep {
             let slot = &mut self.slots[i];
-            slot.static_weight = weight;
-            slot.shared.metrics.static_weight(weight);
+            slot.set_weight(weight);
             // The file is the truth again: what the API changed ends here.
             if std::mem::replace(&mut slot.admin, AdminState::Ready) != AdminState::Ready {
                 rejoining.push(i);
@@ -122,11 +120,8 @@ impl PoolState {
             }
             applied.kept.push(slot.shared.authority.to_string());
         }
-        let pool_mean = self.mean_latency();
         for i in rejoining {
-            if let Some(actor) = &self.slots[i].actor {
-                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
-            }
+            self.rejoin(i);
         }
         for &i in &plan.remove {
             let slot = &mut self.slots[i];
@@ -134,9 +129,7 @@ impl PoolState {
             applied.removed.push(slot.shared.authority.to_string());
         }
         for i in 0..self.slots.len() {
-            if self.probed(i) && !self.slots[i].probing {
-                self.schedule_probe(myself, i, Duration::ZERO);
-            }
+            self.resume_probes(myself, i);
         }
         for &j in &plan.add {
             let b = upstream.backends[j].clone();
@@ -166,16 +159,15 @@ impl PoolState {
         b: &BackendConfig,
     ) -> Result<(), ChangeError> {
         let now = Instant::now();
-        if let Some(i) = self.index_of_address(&b.address) {
+        // `check` has passed: the authority is there.
+        let address = b.authority().unwrap_or(&b.address);
+        if let Some(i) = self.index_of_address(address) {
             let slot = &mut self.slots[i];
             if slot.removing.take().is_none() {
                 return Err(ChangeError::DuplicateBackend(b.address.clone()));
             }
-            slot.static_weight = b.weight;
-            slot.shared.metrics.static_weight(b.weight);
-            if !slot.probing && self.probed(i) {
-                self.schedule_probe(myself, i, Duration::ZERO);
-            }
+            slot.set_weight(b.weight);
+            self.resume_probes(myself, i);
             self.publish(now);
             return Ok(());
         }
@@ -220,16 +212,27 @@ impl PoolState {
         }
         let from = std::mem::replace(&mut self.slots[i].admin, to);
         if from != AdminState::Ready && to == AdminState::Ready {
-            let pool_mean = self.mean_latency();
-            if let Some(actor) = &self.slots[i].actor {
-                let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
-            }
+            self.rejoin(i);
         }
+        self.resume_probes(myself, i);
+        self.publish(Instant::now());
+        Ok(())
+    }
+
+    /// Slot `i` is `ready` again after the operator's switch: its actor starts over from the
+    /// pool's mean latency and ramps up.
+    fn rejoin(&self, i: usize) {
+        let pool_mean = self.mean_latency();
+        if let Some(actor) = &self.slots[i].actor {
+            let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
+        }
+    }
+
+    /// Probes slot `i` now if it should be probed and no probe of it is on its way.
+    fn resume_probes(&mut self, myself: &ActorRef<PoolMsg>, i: usize) {
         if self.probed(i) && !self.slots[i].probing {
             self.schedule_probe(myself, i, Duration::ZERO);
         }
-        self.publish(Instant::now());
-        Ok(())
     }
 
     /// Drops the removed backends with nothing in flight, or removed longer than the drain
@@ -274,5 +277,13 @@ impl PoolState {
             self.sweeping = true;
             myself.send_after(SWEEP_PERIOD, || PoolMsg::Sweep);
         }
+    }
+}
+
+impl Slot {
+    /// The configured weight, and its gauge.
+    fn set_weight(&mut self, weight: u32) {
+        self.static_weight = weight;
+        self.shared.metrics.static_weight(weight);
     }
 }
