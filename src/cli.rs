@@ -104,11 +104,21 @@ fn run(path: &Path, log_format: Option<LogFormat>) -> i32 {
         }
     };
     telemetry::init(log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker is one thread, as nginx's one worker process is: the current-thread
+    // scheduler runs every task on the thread that calls block_on, so a wake-up never crosses
+    // threads (the multi-thread scheduler with one worker still parks the main thread and wakes
+    // it through a futex and an eventfd).
+    let mut builder = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     builder.enable_all();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
     let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),

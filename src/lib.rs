@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod demo;
 pub mod policy;

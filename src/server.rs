@@ -1,23 +1,19 @@
-//! Wiring: config → pool actors → the proxy and admin listeners, each client connection under
-//! its [`Watchdog`]; signals (SIGHUP reloads through [`Control`]); and the way out (stop
+//! Wiring: config → pool actors → the proxy and admin listeners, each client connection served
+//! by [`connection::serve`]; signals (SIGHUP reloads through [`Control`]); and the way out (stop
 //! accepting, drain in-flight requests and upgraded connections up to `listen.drain_timeout`,
 //! stop the actors).
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::connection::{self, until_true, Builders, Limits};
 use crate::control::{self, Control, ReloadError, Reloaded};
 use crate::pool::PoolMsg;
-use crate::proxy::body::{boxed, HoldBody, ProxyBody};
+use crate::proxy::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::Metrics;
-use crate::watchdog::{Expired, Watchdog};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use ractor::ActorRef;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -220,9 +216,11 @@ impl Server {
 /// Runs `config` (read from `source`) until SIGINT or SIGTERM, then shuts down gracefully;
 /// SIGHUP reloads the file.
 pub async fn run(config: &Config, source: Option<PathBuf>) -> Result<(), StartError> {
-    let server = Server::start_from(config, source, None).await?;
+    // Caught from before "fulcrum started" is logged: a supervisor that signals as soon as it
+    // reads that line must not meet the default action (exit) instead.
     let mut hangups = hangups();
-    let stop = wait_for_signal();
+    let stop = stop_signals();
+    let server = Server::start_from(config, source, None).await?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -257,23 +255,35 @@ fn hangups() -> tokio::sync::mpsc::Receiver<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    stop_signals().await
+}
+
+/// A future that resolves on SIGINT or SIGTERM, both caught from the moment this is called
+/// (not from its first poll, as `tokio::signal::ctrl_c` would).
+fn stop_signals() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = next(interrupt) => {}
+                _ = next(terminate) => {}
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -293,32 +303,6 @@ async fn upkeep(metrics: Metrics, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Resolves once the flag is true (or its sender is gone).
-async fn until_true(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|s| *s).await;
-}
-
-/// Client connection limits of a listener.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    header_read: Duration,
-    idle: Duration,
-    drain: Duration,
-    max_connections: usize,
-    max_header_bytes: usize,
-}
-
-/// The HTTP/1 and HTTP/2 connection builder of a listener, with its header limit: hyper answers
-/// 431 itself when an HTTP/1 request's head outgrows its read buffer.
-fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
-}
-
 /// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `handler`
 /// until `stopped` turns true; then lets the open connections finish for at most the drain
 /// timeout.
@@ -329,7 +313,7 @@ async fn serve<H: Handler>(
     stopped: watch::Receiver<bool>,
     limits: Limits,
 ) {
-    let builder = Arc::new(builder(limits));
+    let builders = Arc::new(Builders::new(&limits));
     // A connection holds a permit for its life; without one, the next is not accepted and
     // waits in the kernel's queue, as with HAProxy's maxconn.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -358,11 +342,11 @@ async fn serve<H: Handler>(
             _ = until_true(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = connection(
+        let conn = connection::serve(
             stream,
             client,
             handler.clone(),
-            builder.clone(),
+            builders.clone(),
             stopped.clone(),
             limits,
         );
@@ -388,54 +372,5 @@ async fn serve<H: Handler>(
             humantime::format_duration(limits.drain)
         );
         conns.shutdown().await;
-    }
-}
-
-/// Serves one client connection until it closes, its watchdog expires, or the server stops
-/// (then gracefully: the request in flight finishes, keep-alive ends).
-async fn connection<H: Handler>(
-    stream: tokio::net::TcpStream,
-    client: SocketAddr,
-    handler: Arc<H>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut stopped: watch::Receiver<bool>,
-    limits: Limits,
-) {
-    let watchdog = Watchdog::new(limits.header_read, limits.idle);
-    let service_watchdog = watchdog.clone();
-    let service = service_fn(move |req| {
-        let handler = handler.clone();
-        let guard = service_watchdog.request();
-        async move {
-            let resp = handler.handle(req, client).await;
-            Ok::<_, Infallible>(resp.map(|b| boxed(HoldBody::new(b, guard))))
-        }
-    });
-    let conn = builder.serve_connection_with_upgrades(watchdog.io(TokioIo::new(stream)), service);
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %client, "client connection ended with an error");
-                }
-                return;
-            }
-            expired = watchdog.expired(), if !closing => match expired {
-                Expired::Header => {
-                    tracing::debug!(%client, "client too slow to send a request header; closing");
-                    return;
-                }
-                Expired::Idle => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            },
-            _ = until_true(&mut stopped), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
     }
 }

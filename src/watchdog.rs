@@ -8,11 +8,15 @@
 //! clocks, kept here: the IO wrapper notes the first byte of each new request, the service notes
 //! when a request starts and its response ends, and [`Watchdog::expired`] says which clock ran
 //! out.
+//!
+//! A third, shorter clock says when an HTTP/1 connection has been idle long enough to park it
+//! (hand hyper's buffers back and wait for the next request on the bare socket); while it is
+//! being parked, the IO's shutdown leaves the socket open.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +33,8 @@ pub enum Expired {
     Header,
     /// No request for the idle timeout: close gracefully.
     Idle,
+    /// No request for the park delay: park the connection.
+    Park,
 }
 
 /// What one client connection is doing, shared by its IO, its service and its watchdog.
@@ -39,6 +45,8 @@ struct State {
     /// When the phase began, ns since `epoch`.
     since: AtomicU64,
     active: AtomicU32,
+    /// Being parked: a shutdown of the IO is a no-op.
+    parking: AtomicBool,
 }
 
 impl State {
@@ -60,6 +68,7 @@ pub struct Watchdog {
     state: Arc<State>,
     header: Duration,
     idle: Duration,
+    park: Duration,
 }
 
 impl Watchdog {
@@ -70,12 +79,27 @@ impl Watchdog {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            parking: AtomicBool::new(false),
         });
         Watchdog {
             state,
             header,
             idle,
+            park: idle,
         }
+    }
+
+    /// Also runs the park clock: idle this long, [`Watchdog::expired`] says `Park` (when asked
+    /// to watch for it). Without it, parking never comes before the idle timeout.
+    pub fn with_park(mut self, after: Duration) -> Watchdog {
+        self.park = after.min(self.idle);
+        self
+    }
+
+    /// While on, a shutdown of the IO leaves the socket open, so that hyper can end its
+    /// connection and hand the socket back.
+    pub fn set_parking(&self, on: bool) {
+        self.state.parking.store(on, Ordering::Relaxed);
     }
 
     /// Wraps the connection's IO so that the first byte of a request starts the header clock.
@@ -95,24 +119,31 @@ impl Watchdog {
         }
     }
 
-    /// Resolves when the header or the idle clock runs out; never while a request is active.
-    pub async fn expired(&self) -> Expired {
+    /// Resolves when the header or the idle clock runs out, or with `park`, the park clock;
+    /// never while a request is active.
+    pub async fn expired(&self, park: bool) -> Expired {
+        // Nothing wakes this when the phase changes, so it looks again at the shortest clock
+        // at the latest.
+        let shortest = if park {
+            self.header.min(self.park)
+        } else {
+            self.header.min(self.idle)
+        };
         loop {
             let phase = self.state.phase.load(Ordering::Relaxed);
             let since = self.state.since.load(Ordering::Relaxed);
             let (limit, kind) = match phase {
                 HEADER => (self.header, Expired::Header),
+                IDLE if park && self.park < self.idle => (self.park, Expired::Park),
                 IDLE => (self.idle, Expired::Idle),
                 // Active: look again later; the clocks restart when it ends.
                 _ => {
-                    tokio::time::sleep(self.header.min(self.idle)).await;
+                    tokio::time::sleep(shortest).await;
                     continue;
                 }
             };
             let deadline = self.state.epoch + Duration::from_nanos(since) + limit;
-            // Wake at the shorter clock at the latest: the phase may change meanwhile (an idle
-            // connection starting a header), and nothing else would wake this.
-            let look_again = Instant::now() + self.header.min(self.idle);
+            let look_again = Instant::now() + shortest;
             tokio::time::sleep_until(deadline.min(look_again)).await;
             let unchanged = self.state.phase.load(Ordering::Relaxed) == phase
                 && self.state.since.load(Ordering::Relaxed) == since;
@@ -142,6 +173,13 @@ impl Drop for ActiveGuard {
 pub struct WatchedIo<T> {
     inner: T,
     state: Arc<State>,
+}
+
+impl<T> WatchedIo<T> {
+    /// The IO it wraps.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
 }
 
 impl<T: Read + Unpin> Read for WatchedIo<T> {
@@ -177,6 +215,9 @@ impl<T: Write + Unpin> Write for WatchedIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -201,7 +242,7 @@ mod tests {
     async fn an_idle_connection_expires_after_the_idle_timeout() {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         let t0 = Instant::now();
-        assert_eq!(w.expired().await, Expired::Idle);
+        assert_eq!(w.expired(false).await, Expired::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
     }
 
@@ -210,7 +251,7 @@ mod tests {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         w.state.enter(HEADER);
         let t0 = Instant::now();
-        assert_eq!(w.expired().await, Expired::Header);
+        assert_eq!(w.expired(false).await, Expired::Header);
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
     }
 
@@ -218,7 +259,7 @@ mod tests {
     async fn a_header_started_while_idle_is_timed_from_its_start() {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(60));
         let watch = w.clone();
-        let expiry = tokio::spawn(async move { (watch.expired().await, Instant::now()) });
+        let expiry = tokio::spawn(async move { (watch.expired(false).await, Instant::now()) });
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let started = Instant::now();
         w.state.enter(HEADER);
@@ -232,7 +273,7 @@ mod tests {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         let guard = w.request();
         let watch = w.clone();
-        let expiry = tokio::spawn(async move { (watch.expired().await, Instant::now()) });
+        let expiry = tokio::spawn(async move { (watch.expired(false).await, Instant::now()) });
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!expiry.is_finished());
         let ended = Instant::now();
@@ -242,6 +283,40 @@ mod tests {
         assert!(
             at >= ended + Duration::from_secs(5),
             "idle clock restarted at the end"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_park_clock_runs_only_when_watched_and_restarts_with_each_request() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5))
+            .with_park(Duration::from_millis(500));
+        let t0 = Instant::now();
+        assert_eq!(w.expired(true).await, Expired::Park);
+        assert_eq!(t0.elapsed(), Duration::from_millis(500));
+        // Parked: only the idle clock, from the same start.
+        assert_eq!(w.expired(false).await, Expired::Idle);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        drop(w.request());
+        let t1 = Instant::now();
+        assert_eq!(w.expired(true).await, Expired::Park);
+        assert_eq!(t1.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_parks_soon_after_a_long_request_ends() {
+        let w = Watchdog::new(Duration::from_secs(10), Duration::from_secs(60))
+            .with_park(Duration::from_millis(100));
+        let guard = w.request();
+        let watch = w.clone();
+        let expiry = tokio::spawn(async move { (watch.expired(true).await, Instant::now()) });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let ended = Instant::now();
+        drop(guard);
+        let (kind, at) = expiry.await.unwrap();
+        assert_eq!(kind, Expired::Park);
+        assert!(
+            at <= ended + Duration::from_millis(200),
+            "not a header timeout later"
         );
     }
 }

@@ -1,10 +1,12 @@
 //! fulcrum's test bench: the fault-injecting backend (library and `loadtest backend`), with its
 //! control listener, and the scenario runner (`loadtest run`): scenario files, the run against
-//! the real fulcrum binary, the report and its plot. It talks to the balancer as a user would:
+//! the real fulcrum binary, the report and its plot; and the bench (`loadtest bench`), fulcrum
+//! beside nginx and HAProxy. It talks to the balancer as a user would:
 //! over HTTP.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod control;
 pub mod fault;
 pub mod plot;

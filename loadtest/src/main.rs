@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use loadtest::report::Report;
 use loadtest::scenario::Scenario;
-use loadtest::{run, Backend, Fault};
+use loadtest::{bench, run, Backend, Fault};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,18 +74,75 @@ enum Command {
         #[arg(long)]
         results: Option<PathBuf>,
     },
+    /// Throughput, latency, CPU and memory of fulcrum beside nginx and HAProxy, in one run.
+    Bench {
+        /// Other proxies to measure when installed, comma-separated (`none` for fulcrum alone).
+        #[arg(long, default_value = "nginx,haproxy")]
+        against: String,
+        /// Concurrent connections of each measure, comma-separated.
+        #[arg(long, default_value = "1,16,128", value_delimiter = ',')]
+        connections: Vec<usize>,
+        /// How long each measure counts.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
+        duration: Duration,
+        /// Load before each measure starts counting.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        warmup: Duration,
+        /// Idle keep-alive connections for the memory measure (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Every step, briefly: a smoke run of a few seconds.
+        #[arg(long)]
+        quick: bool,
+        /// The fulcrum binary (default: `fulcrum` beside this program).
+        #[arg(long)]
+        fulcrum: Option<PathBuf>,
+        /// Also write the tables to this file, with the date and the command.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The bench's backends (started by `loadtest bench`): fixed answers, one thread, until
+    /// stdin closes.
+    #[command(hide = true)]
+    BenchBackends {
+        /// How many listeners.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    // The bench and its backends each run on one thread, as wrk -t1 and a one-thread backend
+    // do; the rest share a multi-thread runtime.
+    let runtime = match cli.command {
+        Command::Bench { .. } | Command::BenchBackends { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let code = match runtime {
+        Ok(rt) => rt.block_on(command(cli)),
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn command(cli: Cli) -> i32 {
     tracing_init(if matches!(cli.command, Command::Run { .. }) {
         // The backends' fault switches would interleave with the progress line.
         "warn"
     } else {
         "info"
     });
-    let code = match cli.command {
+    match cli.command {
         Command::Backend {
             listen,
             id,
@@ -131,8 +188,111 @@ async fn main() {
                 }
             }
         }
+        Command::Bench {
+            against,
+            connections,
+            duration,
+            warmup,
+            idle,
+            quick,
+            fulcrum,
+            out,
+        } => {
+            let args = BenchArgs {
+                against,
+                connections,
+                duration,
+                warmup,
+                idle,
+                quick,
+                fulcrum,
+                out,
+            };
+            match run_bench(args).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    2
+                }
+            }
+        }
+        Command::BenchBackends { count } => match bench::backends::bind(count).await {
+            Ok(listeners) => {
+                let addrs: Vec<SocketAddr> = listeners
+                    .iter()
+                    .filter_map(|l| l.local_addr().ok())
+                    .collect();
+                println!("{}", bench::backends::listening_line(&addrs));
+                bench::backends::serve(listeners).await;
+                0
+            }
+            Err(e) => {
+                eprintln!("loadtest: cannot listen: {e}");
+                1
+            }
+        },
+    }
+}
+
+/// `loadtest bench`'s arguments.
+struct BenchArgs {
+    against: String,
+    connections: Vec<usize>,
+    duration: Duration,
+    warmup: Duration,
+    idle: usize,
+    quick: bool,
+    fulcrum: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+async fn run_bench(a: BenchArgs) -> Result<(), String> {
+    let fulcrum = match a.fulcrum {
+        Some(f) => f,
+        None => default_fulcrum()?,
     };
-    std::process::exit(code);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut against = Vec::new();
+    for name in a.against.split(',').filter(|n| !n.trim().is_empty()) {
+        if name.trim() == "none" {
+            continue;
+        }
+        against
+            .push(bench::proxies::Kind::parse(name).ok_or_else(|| {
+                format!("--against: {name:?} is not one of nginx, haproxy, none")
+            })?);
+    }
+    if a.connections.is_empty() || a.connections.contains(&0) {
+        return Err("--connections: give one or more counts above 0".into());
+    }
+    if a.duration.is_zero() {
+        return Err("--duration must be above 0".into());
+    }
+    let mut opts = bench::Options::new(fulcrum, exe);
+    opts.against = against;
+    opts.connections = a.connections;
+    opts.duration = a.duration;
+    opts.warmup = a.warmup;
+    opts.idle = a.idle;
+    if a.quick {
+        opts = opts.quick();
+    }
+    let started = std::time::Instant::now();
+    let progress = |step: &str| eprintln!("bench: {step}");
+    let results = bench::run(&opts, &progress).await?;
+    let text = bench::table::render(&results);
+    println!("{text}");
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(out) = &a.out {
+        let command: Vec<String> = std::env::args().collect();
+        let doc = format!(
+            "Produced on {date} by:\n\n```\n{command}\n```\n\n{text}",
+            date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            command = command.join(" ")
+        );
+        std::fs::write(out, doc).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
 }
 
 async fn run_backend(

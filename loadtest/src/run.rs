@@ -264,17 +264,17 @@ fn merge(into: &mut toml::Table, from: &toml::Table) {
 }
 
 /// The fulcrum child process.
-struct Fulcrum {
+pub(crate) struct Fulcrum {
     child: tokio::process::Child,
-    pid: u32,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+    pub(crate) pid: u32,
+    pub(crate) proxy: SocketAddr,
+    pub(crate) admin: SocketAddr,
 }
 
 impl Fulcrum {
     /// Starts `bin run --config config`, its JSON log going to `log`, and waits for it to say
     /// where it listens.
-    async fn start(bin: &Path, config: &Path, log: &Path) -> Result<Fulcrum, RunError> {
+    pub(crate) async fn start(bin: &Path, config: &Path, log: &Path) -> Result<Fulcrum, RunError> {
         let mut child = tokio::process::Command::new(bin)
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
@@ -330,7 +330,7 @@ impl Fulcrum {
     }
 
     /// SIGTERM, then waits for the exit; true when it exited 0 in time.
-    async fn stop(mut self) -> bool {
+    pub(crate) async fn stop(mut self) -> bool {
         let pid = nix::unistd::Pid::from_raw(self.pid as i32);
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
             return false;

@@ -95,7 +95,8 @@ impl Default for Admin {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
-    /// Tokio worker threads; 0 = one per core. Default 0.
+    /// Tokio worker threads; 0 = one per core. Default 0. With 1, every task runs on one
+    /// thread (the current-thread scheduler), like one nginx worker process.
     pub worker_threads: usize,
 }
 

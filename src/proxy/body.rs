@@ -1,13 +1,13 @@
 //! Body types of the proxy: one boxed body for everything the frontend answers, a response body
 //! that holds the backend's lease until the last byte is out, and short plain-text answers.
 
+use super::forward::PooledBody;
 use crate::pool::Lease;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -61,7 +61,7 @@ impl<B, T> HoldBody<B, T> {
 }
 
 /// A backend's response body holding its lease.
-pub type LeasedBody = HoldBody<Incoming, Lease>;
+pub type LeasedBody = HoldBody<PooledBody, Lease>;
 
 impl<B, T> Body for HoldBody<B, T>
 where

@@ -464,6 +464,21 @@ async fn pick(
     }
 }
 
+/// The URI as an HTTP/1.1 backend expects it: path and query only. HTTP/2 clients send the
+/// scheme and authority too; the authority travels in Host.
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri;
+    }
+    let mut parts = uri.into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 /// The host the client asked for: the Host header, or the HTTP/2 `:authority`.
 fn request_host(req: &Request<Incoming>) -> Option<String> {
     req.headers()
@@ -498,7 +513,7 @@ fn prepare(
     }
     let template = TryTemplate {
         method: parts.method,
-        uri: parts.uri,
+        uri: origin_form(parts.uri),
         headers: parts.headers,
     };
     (template, body)

@@ -1,0 +1,287 @@
+//! `loadtest bench`: fulcrum beside nginx and HAProxy, in one run on one machine. Three fast
+//! backends run in a process of their own; each proxy in turn is started in front of them
+//! (one worker each, then each with its default worker count) and driven by closed-loop load at
+//! each connection count; its CPU time and memory are read from /proc. Talking to the backends
+//! directly is measured too, as the ceiling.
+
+pub mod backends;
+pub mod idle;
+pub mod load;
+pub mod procfs;
+pub mod proxies;
+pub mod table;
+
+use idle::IdleMemory;
+use load::{Tally, Window};
+use procfs::Tree;
+use proxies::{Kind, Setup, Workers};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How a bench is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The fulcrum binary.
+    pub fulcrum: PathBuf,
+    /// The loadtest binary, which runs the backends (`bench-backends`).
+    pub loadtest: PathBuf,
+    /// The other proxies to measure, when installed.
+    pub against: Vec<Kind>,
+    /// Concurrent connections of each measure (default 1, 16, 128).
+    pub connections: Vec<usize>,
+    /// Load before each measure starts counting (default 1 s).
+    pub warmup: Duration,
+    /// How long each measure counts (default 4 s).
+    pub duration: Duration,
+    /// Idle keep-alive connections for the memory measure; 0 skips it (default 10,000).
+    pub idle: usize,
+    /// Where each proxy's config and logs go.
+    pub workdir: PathBuf,
+}
+
+impl Options {
+    /// The defaults, with the binaries given.
+    pub fn new(fulcrum: PathBuf, loadtest: PathBuf) -> Options {
+        Options {
+            fulcrum,
+            loadtest,
+            against: vec![Kind::Nginx, Kind::Haproxy],
+            connections: vec![1, 16, 128],
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(4),
+            idle: 10_000,
+            workdir: std::env::temp_dir().join(format!("loadtest-bench-{}", std::process::id())),
+        }
+    }
+
+    /// The short form: every step, briefly (a few seconds in all without other proxies).
+    pub fn quick(self) -> Options {
+        Options {
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(400),
+            idle: self.idle.min(500),
+            ..self
+        }
+    }
+}
+
+/// One measure: one target at one connection count.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// `None` is talking to the backends directly.
+    pub proxy: Option<Kind>,
+    /// The proxy's workers (`One` for direct).
+    pub workers: Workers,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// What the clients saw.
+    pub tally: Tally,
+    /// The window's length.
+    pub seconds: f64,
+    /// The proxy's CPU seconds in the window (None for direct).
+    pub cpu: Option<f64>,
+    /// The proxy's peak resident memory so far (None for direct).
+    pub peak_rss: Option<u64>,
+}
+
+impl Cell {
+    /// 2xx answers per second.
+    pub fn rate(&self) -> f64 {
+        self.tally.ok as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// The proxy's CPU seconds per 1,000 answers.
+    pub fn cpu_per_1000(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.tally.ok > 0).then(|| cpu * 1000.0 / self.tally.ok as f64)
+    }
+}
+
+/// A proxy's idle-connection memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    /// Which proxy.
+    pub proxy: Kind,
+    /// What was measured.
+    pub memory: IdleMemory,
+}
+
+/// Everything a bench measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// Every measure, in the order made.
+    pub cells: Vec<Cell>,
+    /// Idle-connection memory, one worker each.
+    pub idle: Vec<Idle>,
+    /// Proxies asked for but not installed.
+    pub missing: Vec<Kind>,
+    /// Proxies that would not start, with why.
+    pub failed: Vec<(Kind, String)>,
+    /// Versions of the programs measured, for the record.
+    pub versions: Vec<(Kind, String)>,
+}
+
+/// Runs the whole bench; `progress` hears each step. Call it on a current-thread runtime: the
+/// load shares one thread, as wrk's `-t1` does.
+pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, String> {
+    raise_file_limit();
+    let mut results = Results::default();
+    let mut programs = vec![(Kind::Fulcrum, opts.fulcrum.clone())];
+    for &kind in &opts.against {
+        match proxies::find(kind.name()) {
+            Some(p) => programs.push((kind, p)),
+            None => results.missing.push(kind),
+        }
+    }
+    for (kind, program) in &programs {
+        results
+            .versions
+            .push((*kind, version(*kind, program).await));
+    }
+    let backends = backends::Backends::start(&opts.loadtest, 3).await?;
+    let direct = backends.addrs().to_vec();
+    for workers in [Workers::One, Workers::Default] {
+        // Every proxy of a setting runs at once, idle but for the one under load, and the
+        // targets take turns at each connection count: a drift in the machine's speed then
+        // touches all of them alike, not whichever ran last.
+        let mut running = Vec::new();
+        for (kind, program) in &programs {
+            let dir = opts.workdir.join(format!(
+                "{}-{}",
+                kind.name(),
+                if workers == Workers::One {
+                    "one"
+                } else {
+                    "default"
+                }
+            ));
+            let setup = Setup {
+                backends: &direct,
+                dir: &dir,
+                workers,
+                max_connections: opts.idle.max(1000) + 1000,
+                files: file_limit(),
+            };
+            match proxies::start(*kind, program, &setup).await {
+                Ok(p) => running.push((*kind, p)),
+                Err(e) => {
+                    progress(&format!("{kind} did not start: {e}"));
+                    results.failed.push((*kind, e));
+                }
+            }
+        }
+        for &n in &opts.connections {
+            progress(&format!(
+                "{}: direct to the backends, {n} connections",
+                table::workers(workers)
+            ));
+            results
+                .cells
+                .push(measure(None, workers, &direct, n, None, opts).await);
+            for (kind, proxy) in &running {
+                progress(&format!(
+                    "{}: {kind}, {n} connections",
+                    table::workers(workers)
+                ));
+                let tree = Tree::new(proxy.pid);
+                let cell = measure(Some(*kind), workers, &[proxy.addr], n, Some(&tree), opts).await;
+                results.cells.push(cell);
+            }
+        }
+        for (kind, proxy) in running {
+            if workers == Workers::One && opts.idle > 0 {
+                progress(&format!("{kind}: {} idle connections", opts.idle));
+                let memory = idle::measure(proxy.addr, opts.idle, &Tree::new(proxy.pid)).await;
+                results.idle.push(Idle {
+                    proxy: kind,
+                    memory,
+                });
+            }
+            proxy.stop().await;
+        }
+    }
+    drop(backends);
+    if results.failed.is_empty() {
+        let _ = std::fs::remove_dir_all(&opts.workdir);
+    }
+    Ok(results)
+}
+
+async fn measure(
+    proxy: Option<Kind>,
+    workers: Workers,
+    targets: &[SocketAddr],
+    connections: usize,
+    tree: Option<&Tree>,
+    opts: &Options,
+) -> Cell {
+    let now = Instant::now();
+    let window = Window {
+        start: now + opts.warmup,
+        end: now + opts.warmup + opts.duration,
+    };
+    let cpu = async {
+        let tree = tree?;
+        tokio::time::sleep_until(window.start).await;
+        let before = tree.cpu_seconds();
+        tokio::time::sleep_until(window.end).await;
+        Some(tree.cpu_seconds() - before)
+    };
+    let (tally, cpu) = tokio::join!(load::closed_loop(targets, connections, window), cpu);
+    Cell {
+        proxy,
+        workers,
+        connections,
+        tally,
+        seconds: opts.duration.as_secs_f64(),
+        cpu,
+        peak_rss: tree.map(Tree::peak_rss),
+    }
+}
+
+/// The program's own version line.
+async fn version(kind: Kind, program: &std::path::Path) -> String {
+    let flag = match kind {
+        Kind::Fulcrum => "--version",
+        Kind::Nginx | Kind::Haproxy => "-v",
+    };
+    let out = tokio::process::Command::new(program)
+        .arg(flag)
+        .output()
+        .await;
+    let Ok(out) = out else {
+        return "unknown".into();
+    };
+    // nginx prints its version on stderr.
+    let text = [out.stdout, out.stderr].concat();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("unknown")
+        .trim()
+        .to_string()
+}
+
+/// The open-file limit now.
+fn file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
+/// Raises the open-file limit: the idle measure holds thousands of connections, and the
+/// proxies started from here inherit the limit (HAProxy asks for two descriptors per
+/// connection it may hold). Past the hard limit only as root; else up to it.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const WANTED: u64 = 65_536;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if hard < WANTED && setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_ok() {
+            return;
+        }
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The proxies the bench compares, each started as its own process in front of the same
+//! backends and configured alike: round robin, keep-alive connections to the backends, access
+//! logs off, and either one worker (one thread or process) or the proxy's own default worker
+//! count. fulcrum is the binary beside this program; nginx and HAProxy are whatever is
+//! installed, found on PATH or in the sbin folders Debian puts them in.
+
+use super::procfs::Tree;
+use crate::run::Fulcrum;
+use nix::sys::signal::Signal;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// This project's balancer.
+    Fulcrum,
+    /// nginx, with an `upstream` block and `keepalive`.
+    Nginx,
+    /// HAProxy in HTTP mode.
+    Haproxy,
+}
+
+impl Kind {
+    /// The name printed in the tables and accepted by `--against`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Fulcrum => "fulcrum",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+
+    /// Parses one `--against` item.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nginx" => Some(Kind::Nginx),
+            "haproxy" => Some(Kind::Haproxy),
+            _ => None,
+        }
+    }
+
+    /// How to install it on Debian or Ubuntu.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Kind::Fulcrum => "cargo build --release",
+            Kind::Nginx => "sudo apt-get install -y nginx",
+            Kind::Haproxy => "sudo apt-get install -y haproxy",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many workers a proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One: `runtime.worker_threads = 1`, `worker_processes 1`, `nbthread 1`.
+    One,
+    /// Whatever the proxy chooses when not told (one per core for all three).
+    Default,
+}
+
+/// Finds `program` on PATH, then in /usr/sbin and /usr/local/sbin (not on every user's PATH).
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A running proxy.
+pub struct Running {
+    /// The process whose tree is measured.
+    pub pid: u32,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    process: Process,
+}
+
+enum Process {
+    Fulcrum(Fulcrum),
+    Other(tokio::process::Child),
+    Stopped,
+}
+
+impl Running {
+    /// Stops it with SIGTERM, on which nginx's master also stops its workers (a SIGKILL would
+    /// leave them running, orphaned, to skew the next measure); whatever of the tree is left
+    /// after 5 s is killed.
+    pub async fn stop(mut self) {
+        let tree = Tree::new(self.pid).pids();
+        match std::mem::replace(&mut self.process, Process::Stopped) {
+            Process::Fulcrum(f) => {
+                f.stop().await;
+            }
+            Process::Other(mut c) => {
+                terminate(self.pid, Signal::SIGTERM);
+                if tokio::time::timeout(Duration::from_secs(5), c.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = c.kill().await;
+                }
+            }
+            Process::Stopped => {}
+        }
+        for pid in tree {
+            terminate(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A bench that ends early (an error, Ctrl-C) still stops its proxies, workers and all.
+    fn drop(&mut self) {
+        if !matches!(self.process, Process::Stopped) {
+            terminate(self.pid, Signal::SIGTERM);
+        }
+    }
+}
+
+fn terminate(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// What a proxy needs to start.
+pub struct Setup<'a> {
+    /// The backends to balance over.
+    pub backends: &'a [SocketAddr],
+    /// A folder of its own for config, logs and temp files.
+    pub dir: &'a Path,
+    /// Workers.
+    pub workers: Workers,
+    /// Client connections it must accept at once (the idle-connection measure).
+    pub max_connections: usize,
+    /// The open-file limit it inherits.
+    pub files: u64,
+}
+
+/// Starts `kind` from `program`; Ok once it accepts connections.
+pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Running, String> {
+    std::fs::create_dir_all(setup.dir).map_err(|e| format!("{}: {e}", setup.dir.display()))?;
+    if kind == Kind::Fulcrum {
+        let config = setup.dir.join("fulcrum.toml");
+        write(&config, &fulcrum_config(setup))?;
+        let f = Fulcrum::start(program, &config, &setup.dir.join("fulcrum.log"))
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Running {
+            pid: f.pid,
+            addr: f.proxy,
+            process: Process::Fulcrum(f),
+        });
+    }
+    let addr = free_port()?;
+    let mut cmd = tokio::process::Command::new(program);
+    match kind {
+        Kind::Nginx => {
+            let config = setup.dir.join("nginx.conf");
+            write(&config, &nginx_config(setup, addr))?;
+            cmd.arg("-p").arg(setup.dir).arg("-c").arg(&config);
+            cmd.arg("-e").arg(setup.dir.join("error.log"));
+        }
+        Kind::Haproxy => {
+            let config = setup.dir.join("haproxy.cfg");
+            write(&config, &haproxy_config(setup, addr))?;
+            cmd.arg("-db").arg("-f").arg(&config);
+        }
+        Kind::Fulcrum => unreachable!("started above"),
+    }
+    let log = std::fs::File::create(setup.dir.join("stderr.log"))
+        .map_err(|e| format!("{}: {e}", setup.dir.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let pid = child.id().ok_or(format!("{kind} exited at once"))?;
+    // They print nothing when ready: ready is when the port answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(Running {
+                pid,
+                addr,
+                process: Process::Other(child),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{kind} exited ({status}); see {}",
+                setup.dir.join("stderr.log").display()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(format!("{kind} did not listen on {addr} within 10 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A loopback port free now. nginx and HAProxy cannot report an ephemeral port they bound.
+fn free_port() -> Result<SocketAddr, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+/// fulcrum: round robin, access log off, ephemeral listeners.
+pub fn fulcrum_config(s: &Setup<'_>) -> String {
+    let threads = match s.workers {
+        Workers::One => 1,
+        Workers::Default => 0,
+    };
+    let mut out = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nmax_connections = {max}\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [runtime]\nworker_threads = {threads}\n\n\
+         [log]\naccess = false\n\n\
+         [[upstreams]]\nname = \"bench\"\nalgorithm = \"round_robin\"\n",
+        max = s.max_connections,
+    );
+    for b in s.backends {
+        out.push_str(&format!("[[upstreams.backends]]\naddress = \"{b}\"\n"));
+    }
+    out
+}
+
+/// nginx: one `upstream` with a keep-alive pool, HTTP/1.1 to it, no access log, and enough
+/// requests per keep-alive connection that none is closed during a run (nginx's default closes
+/// each client connection after 1000 requests).
+pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
+    let workers = match s.workers {
+        Workers::One => "1",
+        Workers::Default => "auto",
+    };
+    let dir = s.dir.display();
+    let servers: String = s
+        .backends
+        .iter()
+        .map(|b| format!("        server {b};\n"))
+        .collect();
+    format!(
+        "daemon off;\n\
+         master_process on;\n\
+         worker_processes {workers};\n\
+         worker_rlimit_nofile {files};\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\n\
+         events {{\n    worker_connections {conns};\n}}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {dir}/client_body;\n\
+         \x20   proxy_temp_path {dir}/proxy;\n\
+         \x20   fastcgi_temp_path {dir}/fastcgi;\n\
+         \x20   uwsgi_temp_path {dir}/uwsgi;\n\
+         \x20   scgi_temp_path {dir}/scgi;\n\
+         \x20   keepalive_requests 1000000;\n\
+         \x20   upstream backends {{\n{servers}        keepalive 256;\n        keepalive_requests 1000000;\n    }}\n\
+         \x20   server {{\n\
+         \x20       listen {addr};\n\
+         \x20       location / {{\n\
+         \x20           proxy_pass http://backends;\n\
+         \x20           proxy_http_version 1.1;\n\
+         \x20           proxy_set_header Connection \"\";\n\
+         \x20       }}\n\
+         \x20   }}\n\
+         }}\n",
+        files = s.max_connections * 2 + 1024,
+        conns = s.max_connections * 2 + 512,
+    )
+}
+
+/// HAProxy: HTTP mode, round robin, idle server connections reused (its default `http-reuse
+/// safe`), no logging. Its `ulimit-n` is the inherited limit: left to itself it asks for two
+/// descriptors per `maxconn` and will not start below that, though idle clients hold one.
+pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
+    let threads = match s.workers {
+        Workers::One => "    nbthread 1\n",
+        Workers::Default => "",
+    };
+    let servers: String = s
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("    server b{i} {b}\n"))
+        .collect();
+    format!(
+        "global\n{threads}    maxconn {conns}\n    ulimit-n {files}\n\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n\
+         \x20   timeout server 60s\n    timeout http-keep-alive 60s\n\n\
+         frontend bench\n    bind {addr}\n    default_backend backends\n\n\
+         backend backends\n    balance roundrobin\n{servers}",
+        conns = s.max_connections + 512,
+        files = s.files,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(workers: Workers) -> (Vec<SocketAddr>, PathBuf, Workers) {
+        (
+            vec![
+                "127.0.0.1:9001".parse().unwrap(),
+                "127.0.0.1:9002".parse().unwrap(),
+            ],
+            PathBuf::from("/tmp/bench"),
+            workers,
+        )
+    }
+
+    #[test]
+    fn every_proxy_gets_every_backend_and_the_worker_count() {
+        let (backends, dir, _) = setup(Workers::One);
+        let one = Setup {
+            backends: &backends,
+            dir: &dir,
+            workers: Workers::One,
+            max_connections: 100,
+            files: 20_000,
+        };
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let n = nginx_config(&one, addr);
+        assert!(n.contains("worker_processes 1;"), "{n}");
+        assert!(n.contains("server 127.0.0.1:9002;") && n.contains("keepalive 256;"));
+        assert!(n.contains("listen 127.0.0.1:8080;"));
+        let h = haproxy_config(&one, addr);
+        assert!(
+            h.contains("nbthread 1") && h.contains("server b1 127.0.0.1:9002"),
+            "{h}"
+        );
+        assert!(h.contains("ulimit-n 20000"), "{h}");
+        let f = fulcrum_config(&one);
+        assert!(
+            f.contains("worker_threads = 1") && f.contains("round_robin"),
+            "{f}"
+        );
+        let parsed: toml::Table = f.parse().expect("fulcrum's bench config is TOML");
+        assert_eq!(
+            parsed["upstreams"][0]["backends"][1]["address"].as_str(),
+            Some("127.0.0.1:9002")
+        );
+
+        let defaults = Setup {
+            workers: Workers::Default,
+            ..one
+        };
+        assert!(nginx_config(&defaults, addr).contains("worker_processes auto;"));
+        assert!(!haproxy_config(&defaults, addr).contains("nbthread"));
+        assert!(fulcrum_config(&defaults).contains("worker_threads = 0"));
+    }
+
+    #[test]
+    fn against_names_parse_and_unknown_ones_do_not() {
+        assert_eq!(Kind::parse("nginx"), Some(Kind::Nginx));
+        assert_eq!(Kind::parse(" HAProxy "), Some(Kind::Haproxy));
+        assert_eq!(Kind::parse("envoy"), None);
+        assert!(Kind::Nginx.install_hint().contains("apt-get install"));
+    }
+
+    #[test]
+    fn a_missing_program_is_not_found() {
+        assert_eq!(find("no-such-proxy-anywhere"), None);
+        assert!(find("sh").is_some());
+    }
+}

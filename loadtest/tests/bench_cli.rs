@@ -1,0 +1,86 @@
+//! `loadtest bench --quick` runs every step of the bench against the real fulcrum binary and
+//! prints its tables. No figure is asserted: speed is for the bench to report, not for a test.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The fulcrum binary `cargo test --workspace` builds beside this crate's.
+fn fulcrum() -> PathBuf {
+    let beside = PathBuf::from(env!("CARGO_BIN_EXE_loadtest")).with_file_name("fulcrum");
+    assert!(
+        beside.is_file(),
+        "no fulcrum binary at {}: run the suite with `cargo test --workspace`",
+        beside.display()
+    );
+    beside
+}
+
+#[test]
+fn the_quick_bench_runs_and_prints_its_tables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "bench",
+            "--quick",
+            "--against",
+            "none",
+            "--connections",
+            "1,4",
+            "--idle",
+            "200",
+        ])
+        .arg("--fulcrum")
+        .arg(fulcrum())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for heading in [
+        "### one worker each",
+        "### default workers",
+        "### idle keep-alive client connections",
+        "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | peak RSS | errors |",
+        "| conns | fulcrum ÷ | req/s | p99 | CPU per request |",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "{heading:?} missing from:\n{stdout}"
+        );
+    }
+    // A row per target and connection count, each with answers and no error.
+    for target in ["direct", "fulcrum"] {
+        for conns in [1, 4] {
+            let prefix = format!("| {conns} | {target} | ");
+            // The figures' rows, not the ratios' (which have fewer columns).
+            let rows: Vec<&str> = stdout
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.matches('|').count() == 10)
+                .collect();
+            assert_eq!(rows.len(), 2, "{prefix} once per worker setting:\n{stdout}");
+            for row in rows {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let rate: f64 = cells[3].parse().unwrap();
+                assert!(rate > 0.0, "{row}");
+                assert_eq!(cells[9], "0", "no errors: {row}");
+            }
+        }
+    }
+    assert!(stdout.contains("| fulcrum | 200 of 200 |"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_proxy_is_refused_before_anything_runs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "bench",
+            "--quick",
+            "--against",
+            "envoy",
+            "--fulcrum",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("envoy"));
+}

@@ -1,0 +1,336 @@
+//! One client connection, from accept to close: HTTP/2 (prior knowledge) or HTTP/1.1 with
+//! upgrades, under its [`Watchdog`]'s clocks, ended gracefully when the server stops.
+//!
+//! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: hyper's connection is ended
+//! without closing the socket, which hands its read and write buffers back (16 KiB or so), and
+//! the bare socket waits for the client's next request, when a new hyper connection takes it
+//! up. This is what lets thousands of idle keep-alive clients cost little memory, as nginx's
+//! keep-alive handling does; a busy connection is never parked.
+
+use crate::proxy::body::{HoldBody, ProxyBody};
+use crate::server::Handler;
+use crate::watchdog::{ActiveGuard, Expired, Watchdog};
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// An HTTP/1.1 connection with no request for this long is parked.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// What an HTTP/2 connection must start with (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Client connection limits of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `listen.header_read_timeout`.
+    pub header_read: Duration,
+    /// `listen.idle_timeout`.
+    pub idle: Duration,
+    /// `listen.drain_timeout`.
+    pub drain: Duration,
+    /// `listen.max_connections`.
+    pub max_connections: usize,
+    /// `listen.max_header_bytes`.
+    pub max_header_bytes: usize,
+}
+
+/// The HTTP/1 and HTTP/2 connection builders of a listener, with its header limit: hyper
+/// answers 431 itself when an HTTP/1 request's head outgrows its read buffer.
+pub struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    /// The builders for `limits`.
+    pub fn new(limits: &Limits) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(limits.max_header_bytes);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Builders { h1, h2 }
+    }
+}
+
+/// Resolves once `flag` is true.
+pub async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
+/// Serves one client connection until it closes, a clock of its watchdog ends it, or the server
+/// stops (then gracefully: the request in flight finishes, keep-alive ends).
+pub async fn serve<H: Handler>(
+    stream: TcpStream,
+    client: SocketAddr,
+    handler: Arc<H>,
+    builders: Arc<Builders>,
+    mut stopped: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let watchdog = Watchdog::new(limits.header_read, limits.idle).with_park(PARK_AFTER);
+    let serve = Serve {
+        handler,
+        watchdog: watchdog.clone(),
+        client,
+    };
+    if !wait_for_request(&stream, &watchdog, &mut stopped).await {
+        return;
+    }
+    match tokio::time::timeout(limits.header_read, is_h2(&stream)).await {
+        // Boxed: an HTTP/1 connection's task need not hold room for it.
+        Ok(Ok(true)) => return Box::pin(serve_h2(stream, serve, &builders, &mut stopped)).await,
+        Ok(Ok(false)) => {}
+        _ => return,
+    }
+    let mut io = Parked {
+        stream,
+        prefix: Bytes::new(),
+    };
+    loop {
+        io = match serve_h1(io, &serve, &builders, &mut stopped).await {
+            Some(parked) => parked,
+            None => return,
+        };
+        if io.prefix.is_empty() && !wait_for_request(&io.stream, &watchdog, &mut stopped).await {
+            return;
+        }
+    }
+}
+
+/// Waits, holding no buffer, until the client sends something (true), or the idle clock runs
+/// out or the server stops (false: close).
+async fn wait_for_request(
+    stream: &TcpStream,
+    watchdog: &Watchdog,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    if *stopped.borrow() {
+        return false;
+    }
+    tokio::select! {
+        ready = stream.readable() => ready.is_ok(),
+        _ = watchdog.expired(false) => false,
+        _ = until_true(stopped) => false,
+    }
+}
+
+/// Whether the connection starts with the HTTP/2 preface. Only peeks: the bytes stay for
+/// whichever protocol serves them.
+async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: the rest is on its way (peek would return at once).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One run of hyper's HTTP/1 connection on `io`: `Some` with the socket when it was parked,
+/// `None` when the connection is over (closed, upgraded, timed out, or the server stopped).
+async fn serve_h1<H: Handler>(
+    io: Parked,
+    serve: &Serve<H>,
+    builders: &Builders,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Parked> {
+    let watchdog = &serve.watchdog;
+    // Boxed so that a parked connection's task holds no room for it.
+    let mut conn = Box::new(
+        builders
+            .h1
+            .serve_connection(watchdog.io(TokioIo::new(io)), serve.clone())
+            .with_upgrades(),
+    );
+    let mut closing = false;
+    let mut parking = false;
+    loop {
+        tokio::select! {
+            result = &mut *conn => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, client = %serve.client, "client connection ended with an error");
+                    return None;
+                }
+                if !parking {
+                    return None;
+                }
+                watchdog.set_parking(false);
+                tracing::trace!(client = %serve.client, "parked");
+                let parts = conn.into_parts()?;
+                let mut io = parts.io.into_inner().into_inner();
+                // Copied, or an empty `read_buf` would still hold hyper's whole read buffer.
+                io.prefix = if io.prefix.is_empty() && parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    [io.prefix, parts.read_buf].concat().into()
+                };
+                return Some(io);
+            }
+            expired = watchdog.expired(true), if !closing => {
+                match expired {
+                    Expired::Header => {
+                        tracing::debug!(client = %serve.client, "client too slow to send a request header; closing");
+                        return None;
+                    }
+                    Expired::Idle => {}
+                    Expired::Park => {
+                        parking = true;
+                        watchdog.set_parking(true);
+                    }
+                }
+                closing = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            _ = until_true(stopped), if !closing => {
+                closing = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// An HTTP/2 connection, never parked (its streams share one connection's state).
+async fn serve_h2<H: Handler>(
+    stream: TcpStream,
+    serve: Serve<H>,
+    builders: &Builders,
+    stopped: &mut watch::Receiver<bool>,
+) {
+    let watchdog = serve.watchdog.clone();
+    let client = serve.client;
+    let conn = builders
+        .h2
+        .serve_connection(watchdog.io(TokioIo::new(stream)), serve);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "client connection ended with an error");
+                }
+                return;
+            }
+            expired = watchdog.expired(false), if !closing => match expired {
+                Expired::Header => return,
+                Expired::Idle | Expired::Park => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            },
+            _ = until_true(stopped), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The service of one client connection: each request goes to the handler, and its response
+/// body holds the watchdog's request guard until its last byte is out.
+struct Serve<H> {
+    handler: Arc<H>,
+    watchdog: Watchdog,
+    client: SocketAddr,
+}
+
+impl<H> Clone for Serve<H> {
+    fn clone(&self) -> Self {
+        Serve {
+            handler: self.handler.clone(),
+            watchdog: self.watchdog.clone(),
+            client: self.client,
+        }
+    }
+}
+
+type Answer = Response<HoldBody<ProxyBody, ActiveGuard>>;
+
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for Serve<H> {
+    type Response = Answer;
+    type Error = Infallible;
+    // Boxed: hyper keeps room for one in-flight future per connection, and the handler's is a
+    // few KiB; boxed, that room is a pointer and the future lives only as long as its request.
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let handler = self.handler.clone();
+        let guard = self.watchdog.request();
+        let client = self.client;
+        Box::pin(async move {
+            let resp = handler.handle(req, client).await;
+            Ok(resp.map(|b| HoldBody::new(b, guard)))
+        })
+    }
+}
+
+/// A client socket, with the bytes hyper had read but not used when it was parked.
+struct Parked {
+    stream: TcpStream,
+    prefix: Bytes,
+}
+
+impl AsyncRead for Parked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Parked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
