@@ -290,8 +290,8 @@ pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
 }
 
 /// HAProxy: HTTP mode, round robin, idle server connections reused (its default `http-reuse
-/// safe`), no logging. Its `ulimit-n` is the inherited limit: left to itself it asks for two
-/// descriptors per `maxconn` and will not start below that, though idle clients hold one.
+/// safe`), no logging. Its `ulimit-n` is the inherited limit, and `no strict-limits` lets it
+/// start below the two descriptors per `maxconn` it asks for: idle clients hold one each.
 pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
     let threads = match s.workers {
         Workers::One => "    nbthread 1\n",
@@ -304,7 +304,7 @@ pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
         .map(|(i, b)| format!("    server b{i} {b}\n"))
         .collect();
     format!(
-        "global\n{threads}    maxconn {conns}\n    ulimit-n {files}\n\n\
+        "global\n{threads}    maxconn {conns}\n    ulimit-n {files}\n    no strict-limits\n\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n\
          \x20   timeout server 60s\n    timeout http-keep-alive 60s\n\n\
          frontend bench\n    bind {addr}\n    default_backend backends\n\n\
