@@ -75,32 +75,7 @@ enum Command {
         results: Option<PathBuf>,
     },
     /// Throughput, latency, CPU and memory of fulcrum beside nginx and HAProxy, in one run.
-    Bench {
-        /// Other proxies to measure when installed, comma-separated (`none` for fulcrum alone).
-        #[arg(long, default_value = "nginx,haproxy")]
-        against: String,
-        /// Concurrent connections of each measure, comma-separated.
-        #[arg(long, default_value = "1,16,128", value_delimiter = ',')]
-        connections: Vec<usize>,
-        /// How long each measure counts.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
-        duration: Duration,
-        /// Load before each measure starts counting.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        warmup: Duration,
-        /// Idle keep-alive connections for the memory measure (0 skips it).
-        #[arg(long, default_value_t = 10_000)]
-        idle: usize,
-        /// Every step, briefly: a smoke run of a few seconds.
-        #[arg(long)]
-        quick: bool,
-        /// The fulcrum binary (default: `fulcrum` beside this program).
-        #[arg(long)]
-        fulcrum: Option<PathBuf>,
-        /// Also write the tables to this file, with the date and the command.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Bench(BenchArgs),
     /// The bench's backends (started by `loadtest bench`): fixed answers, one thread, until
     /// stdin closes.
     #[command(hide = true)]
@@ -188,34 +163,13 @@ async fn command(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Bench {
-            against,
-            connections,
-            duration,
-            warmup,
-            idle,
-            quick,
-            fulcrum,
-            out,
-        } => {
-            let args = BenchArgs {
-                against,
-                connections,
-                duration,
-                warmup,
-                idle,
-                quick,
-                fulcrum,
-                out,
-            };
-            match run_bench(args).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("loadtest: {e}");
-                    2
-                }
+        Command::Bench(args) => match run_bench(args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                2
             }
-        }
+        },
         Command::BenchBackends { count } => match bench::backends::bind(count).await {
             Ok(listeners) => {
                 let addrs: Vec<SocketAddr> = listeners
@@ -235,14 +189,31 @@ async fn command(cli: Cli) -> i32 {
 }
 
 /// `loadtest bench`'s arguments.
+#[derive(clap::Args)]
 struct BenchArgs {
+    /// Other proxies to measure when installed, comma-separated (`none` for fulcrum alone).
+    #[arg(long, default_value = "nginx,haproxy")]
     against: String,
+    /// Concurrent connections of each measure, comma-separated.
+    #[arg(long, default_value = "1,16,128", value_delimiter = ',')]
     connections: Vec<usize>,
+    /// How long each measure counts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
     duration: Duration,
+    /// Load before each measure starts counting.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     warmup: Duration,
+    /// Idle keep-alive connections for the memory measure (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Every step, briefly: a smoke run of a few seconds.
+    #[arg(long)]
     quick: bool,
+    /// The fulcrum binary (default: `fulcrum` beside this program).
+    #[arg(long)]
     fulcrum: Option<PathBuf>,
+    /// Also write the tables to this file, with the date and the command.
+    #[arg(long)]
     out: Option<PathBuf>,
 }
 
