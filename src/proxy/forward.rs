@@ -265,11 +265,22 @@ async fn reap(shared: Weak<Shared>) {
             return;
         };
         let now = Instant::now();
-        let mut backends = shared.backends.write().unwrap_or_else(|e| e.into_inner());
         // A backend gone from the config, with nothing idle and no response in flight.
-        backends.retain(|_, list| {
-            list.prune(now, shared.idle_timeout) > 0 || Arc::strong_count(list) > 1
-        });
+        let unused = |list: &Arc<IdleList>| {
+            list.prune(now, shared.idle_timeout) == 0 && Arc::strong_count(list) == 1
+        };
+        // Pruned under the read lock, which requests take too; the write lock, which stalls
+        // them, only when a backend is to go.
+        let any_unused = shared
+            .backends
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(unused);
+        if any_unused {
+            let mut backends = shared.backends.write().unwrap_or_else(|e| e.into_inner());
+            backends.retain(|_, list| !unused(list));
+        }
     }
 }
 

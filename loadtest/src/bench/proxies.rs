@@ -318,20 +318,13 @@ pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
 mod tests {
     use super::*;
 
-    fn setup(workers: Workers) -> (Vec<SocketAddr>, PathBuf, Workers) {
-        (
-            vec![
-                "127.0.0.1:9001".parse().unwrap(),
-                "127.0.0.1:9002".parse().unwrap(),
-            ],
-            PathBuf::from("/tmp/bench"),
-            workers,
-        )
-    }
-
     #[test]
     fn every_proxy_gets_every_backend_and_the_worker_count() {
-        let (backends, dir, _) = setup(Workers::One);
+        let backends: Vec<SocketAddr> = vec![
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap(),
+        ];
+        let dir = PathBuf::from("/tmp/bench");
         let one = Setup {
             backends: &backends,
             dir: &dir,
