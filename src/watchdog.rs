@@ -113,7 +113,9 @@ impl Watchdog {
     /// A request started; the returned guard marks its end when dropped (with its response body).
     pub fn request(&self) -> ActiveGuard {
         self.state.active.fetch_add(1, Ordering::Relaxed);
-        self.state.enter(ACTIVE);
+        // No stamp: no clock runs while a request is active, and the idle clock starts from
+        // the stamp its end takes. One clock read less per request.
+        self.state.phase.store(ACTIVE, Ordering::Relaxed);
         ActiveGuard {
             state: self.state.clone(),
         }

@@ -9,6 +9,7 @@
 use super::backend::{BackendMsg, Outcome};
 use crate::policy::balance::BackendId;
 use crate::telemetry::metrics::BackendMetrics;
+use http::HeaderValue;
 use ractor::ActorRef;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use tokio::time::Instant;
 pub(crate) struct BackendShared {
     pub(crate) id: BackendId,
     pub(crate) authority: Arc<str>,
+    /// `authority` as a Host header value, built once rather than on every try.
+    host: Option<HeaderValue>,
     pub(crate) metrics: Arc<BackendMetrics>,
     inflight: AtomicU32,
     picks: AtomicU64,
@@ -40,6 +43,7 @@ impl BackendShared {
     ) -> BackendShared {
         BackendShared {
             id,
+            host: HeaderValue::from_str(&authority).ok(),
             authority,
             metrics,
             inflight: AtomicU32::new(0),
@@ -105,6 +109,11 @@ impl Lease {
     /// `host:port` of the backend.
     pub fn authority(&self) -> &Arc<str> {
         &self.shared.authority
+    }
+
+    /// `host:port` of the backend as a Host header value; None if it is not a valid one.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.shared.host.as_ref()
     }
 
     /// The backend's metric handles.

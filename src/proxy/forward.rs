@@ -203,7 +203,9 @@ impl Forwarder {
             let fresh = reused.is_none();
             let mut sender = match reused {
                 Some(s) => s,
-                None => self.connect(authority).await?,
+                // Boxed: a connect is rare once the pool is warm, and its future would
+                // otherwise make every request's future (boxed per request) larger.
+                None => Box::pin(self.connect(authority)).await?,
             };
             // A connection returned at its response's last byte may not have turned idle yet;
             // this waits for that, or finds it closed.

@@ -2,39 +2,53 @@
 //! the `Connection` header names) are dropped both ways; `X-Forwarded-For`, `-Proto` and `-Host`
 //! are set on the way in; `Via` is appended both ways.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, VIA};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+};
 use std::net::IpAddr;
 
-/// Hop-by-hop headers, which describe one connection and must not be forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether `name` is hop-by-hop: it describes one connection and must not be forwarded.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Standard names compare as an enum tag; only the two non-standard ones compare bytes.
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Drops the hop-by-hop headers and any header the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    // One pass over the names finds what to drop; most messages carry none, and then nothing
+    // is hashed or allocated (this runs twice per proxied request).
+    let mut drop: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            drop.push(name.clone());
+        }
+    }
+    if drop.is_empty() {
+        return;
+    }
+    let listed = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    drop.extend(listed.collect::<Vec<_>>());
+    for name in drop {
         headers.remove(name);
     }
 }
@@ -45,20 +59,58 @@ pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
-    let client = client.to_string();
+    let mut buf = [0u8; 64];
+    let client = ip_text(client, &mut buf);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
+        Some(prior) if !prior.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prior}, {client}"))
+        }
+        _ => HeaderValue::from_str(client),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    if let Some(v) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), v.clone());
     }
+}
+
+/// `ip` as text, written into `buf`: IPv4 by hand, as it is on every request and the
+/// formatting machinery costs more than the rest of this module together.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // An IPv6 address is at most 45 characters: it always fits.
+            let _ = write!(cursor, "{v6}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    };
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
 /// Appends `hop` (`1.1 fulcrum`) to the message's `Via` list (RFC 9110 §7.6.3).
@@ -116,10 +168,43 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_hop_by_hop_headers_keeps_them_all() {
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        let mut h = HeaderMap::new();
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_std_writes_them() {
+        let mut buf = [0u8; 64];
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.128",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(parsed, &mut buf), parsed.to_string(), "{ip}");
+        }
+    }
+
+    #[test]
     fn appends_to_an_existing_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("a.test"));
+        let host = HeaderValue::from_static("a.test");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");

@@ -85,14 +85,14 @@ struct TryTemplate {
 
 impl TryTemplate {
     /// The request of one try; `host` replaces the client's Host when set.
-    fn request(&self, body: ProxyBody, host: Option<&str>) -> Request<ProxyBody> {
+    fn request(&self, body: ProxyBody, host: Option<&HeaderValue>) -> Request<ProxyBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            req.headers_mut().insert(header::HOST, v);
+        if let Some(v) = host {
+            req.headers_mut().insert(header::HOST, v.clone());
         }
         req
     }
@@ -231,7 +231,8 @@ impl Proxy {
             return body_too_large(max_body);
         }
         let host = request_host(&req);
-        let Some(index) = routes.router.route(host.as_deref(), req.uri().path()) else {
+        let host_text = host.as_ref().and_then(|h| h.to_str().ok());
+        let Some(index) = routes.router.route(host_text, req.uri().path()) else {
             return text(
                 StatusCode::NOT_FOUND,
                 "no upstream matches this host and path",
@@ -240,7 +241,7 @@ impl Proxy {
         let upstream = &routes.upstreams[index];
         entry.routed(upstream.name.clone(), upstream.metrics.clone());
         let (protocol, mut client_upgrade) = upgrade.unzip();
-        let (mut template, body) = prepare(req, client, host.as_deref(), self.front.via, protocol);
+        let (mut template, body) = prepare(req, client, host.as_ref(), self.front.via, protocol);
         template
             .headers
             .insert(access::REQUEST_ID, entry.request_id().clone());
@@ -290,7 +291,11 @@ impl Proxy {
             };
             tried.push(lease.id());
             entry.try_to(lease.authority().clone());
-            let host = (!upstream.preserve_host).then(|| lease.authority().as_ref());
+            let host = if upstream.preserve_host {
+                None
+            } else {
+                lease.host()
+            };
             let started = Instant::now();
             let result = upstream
                 .forwarder
@@ -479,13 +484,18 @@ fn origin_form(uri: Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// The host the client asked for: the Host header, or the HTTP/2 `:authority`.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+/// The host the client asked for: the Host header, or the HTTP/2 `:authority`. A value, not a
+/// string: cloning it shares the parsed bytes.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
 }
 
 /// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped
@@ -494,7 +504,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 fn prepare(
     req: Request<Incoming>,
     client: SocketAddr,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     add_via: bool,
     upgrade: Option<HeaderValue>,
 ) -> (TryTemplate, Incoming) {
@@ -507,9 +517,9 @@ fn prepare(
     if let Some(p) = upgrade {
         upgrade::restore(&mut parts.headers, p);
     }
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(h) = host.filter(|h| parts.headers.get(header::HOST) != Some(*h)) {
         // HTTP/2 clients send :authority, not Host; an HTTP/1.1 backend needs Host.
-        parts.headers.insert(header::HOST, h);
+        parts.headers.insert(header::HOST, h.clone());
     }
     let template = TryTemplate {
         method: parts.method,

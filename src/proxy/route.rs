@@ -48,26 +48,31 @@ struct Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Whether any route names a host: if none does, the Host header is never looked at.
+    by_host: bool,
 }
 
 impl Router {
     /// Compiles the routes of `upstreams`, in config order.
     pub fn new(upstreams: &[Upstream]) -> Router {
-        Router {
-            routes: upstreams
-                .iter()
-                .map(|u| Route {
-                    hosts: u.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
-                    prefix: u.path_prefix.clone(),
-                })
-                .collect(),
-        }
+        let routes: Vec<Route> = upstreams
+            .iter()
+            .map(|u| Route {
+                hosts: u.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
+                prefix: u.path_prefix.clone(),
+            })
+            .collect();
+        let by_host = routes
+            .iter()
+            .any(|r| r.hosts.iter().any(|h| *h != HostPattern::Any));
+        Router { routes, by_host }
     }
 
     /// The upstream for a request with this `host` (as the client sent it, port and case
     /// included) and `path`.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(normalize_host);
+        // Normalising allocates; a config without host patterns does not need it.
+        let host = host.filter(|_| self.by_host).map(normalize_host);
         let host = host.as_deref();
         let mut best: Option<(usize, u8, usize)> = None;
         for (i, r) in self.routes.iter().enumerate() {
