@@ -39,8 +39,8 @@ fn the_quick_bench_runs_and_prints_its_tables() {
         "### one worker each",
         "### default workers",
         "### idle keep-alive client connections",
-        "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | peak RSS | errors |",
-        "| conns | fulcrum ÷ | req/s | p99 | CPU per request |",
+        "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | of it user | peak RSS | errors |",
+        "| conns | fulcrum ÷ | req/s | p99 | CPU per request | user CPU per request |",
     ] {
         assert!(
             stdout.contains(heading),
@@ -54,14 +54,14 @@ fn the_quick_bench_runs_and_prints_its_tables() {
             // The figures' rows, not the ratios' (which have fewer columns).
             let rows: Vec<&str> = stdout
                 .lines()
-                .filter(|l| l.starts_with(&prefix) && l.matches('|').count() == 10)
+                .filter(|l| l.starts_with(&prefix) && l.matches('|').count() == 11)
                 .collect();
             assert_eq!(rows.len(), 2, "{prefix} once per worker setting:\n{stdout}");
             for row in rows {
                 let cells: Vec<&str> = row.split('|').map(str::trim).collect();
                 let rate: f64 = cells[3].parse().unwrap();
                 assert!(rate > 0.0, "{row}");
-                assert_eq!(cells[9], "0", "no errors: {row}");
+                assert_eq!(cells[10], "0", "no errors: {row}");
             }
         }
     }

@@ -1,34 +1,45 @@
 //! Sending one try of a request to one backend, over fulcrum's own keep-alive connections: one
 //! idle list per backend (its own short lock, never one for all backends), connections made
-//! with `hyper::client::conn::http1` within the connect timeout, returned to their list the
-//! moment the response's last byte is read, and closed after `timeouts.idle` unused. Also the
-//! response timeout to headers, and the classification of failures into the kinds the breaker
-//! and the EWMA understand.
+//! within the connect timeout, returned to their list the moment the response's last byte is
+//! read, and closed after `timeouts.idle` unused. Also the response timeout to headers, and the
+//! classification of failures into the kinds the breaker and the EWMA understand.
 //!
-//! hyper-util's legacy client did this before; it guards every host's idle list with one mutex,
-//! races a new connect against each checkout, and spawns a task per request to return the
-//! connection: costs a proxy pays on every request.
+//! A request whose body is known whole (every request but a large upload) and that asks for no
+//! upgrade is written and its response read in the request's own task, by [`super::h1`], on a
+//! pooled connection. The others, whose body streams or whose connection becomes a tunnel, go
+//! through hyper's client connection on a connection of their own.
+//!
+//! hyper-util's legacy client did all of this before; it guards every host's idle list with one
+//! mutex, races a new connect against each checkout, and spawns a task per request to return the
+//! connection, and hyper's client connection runs in a task of its own fed by a channel: costs a
+//! proxy pays on every request.
 
 use super::body::{BoxError, ProxyBody};
+use super::h1::{self, Decoded, Framing, Head, WireError};
+use super::replay::TryBody;
 use crate::config::Timeouts;
-use crate::policy::retry::Failure;
+use crate::policy::retry::{idempotent, Failure};
 use crate::pool::OutcomeKind;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Idle connections kept per backend at most; more are closed when their response ends.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
+/// Room made in a connection's read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// How a try failed, before any response header arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +82,8 @@ impl TryError {
     }
 }
 
+const RESET: SendError = SendError::Try(TryError::Reset);
+
 /// One upstream's connections to its backends.
 #[derive(Clone)]
 pub struct Forwarder {
@@ -84,6 +97,31 @@ struct Shared {
     backends: RwLock<HashMap<Box<str>, Arc<IdleList>>>,
 }
 
+/// A connection to a backend, with the bytes read from it and not yet used (none between
+/// responses: a connection with leftovers is not reused).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether the backend has not closed it. Asks the reactor, not the socket: a connection
+    /// whose last read drained it has no readiness, so the common case costs no syscall.
+    fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable between responses: a close, or bytes nobody asked for; either way,
+            // unusable, unless the readiness was stale.
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}
+
 /// One backend's idle connections, the most recently used last.
 #[derive(Default)]
 struct IdleList {
@@ -91,31 +129,31 @@ struct IdleList {
 }
 
 struct IdleConn {
-    sender: SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
 }
 
 impl IdleList {
     /// The most recently used connection that is still open and not idle too long. The most
     /// recent is the least likely to have been closed by the backend meanwhile.
-    fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = conns.pop() {
-            if !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout {
-                return Some(c.sender);
+            if now.duration_since(c.since) < idle_timeout && c.conn.is_open() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if !conn.buf.is_empty() {
             return;
         }
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if conns.len() < MAX_IDLE_PER_BACKEND {
             conns.push(IdleConn {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -124,9 +162,17 @@ impl IdleList {
     /// Closes the connections idle too long or closed by the backend; the number left.
     fn prune(&self, now: Instant, idle_timeout: Duration) -> usize {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
+        conns.retain(|c| now.duration_since(c.since) < idle_timeout && c.conn.is_open());
         conns.len()
     }
+}
+
+/// How reading a response head failed.
+enum HeadError {
+    /// The backend closed or reset the connection before sending a byte of it.
+    Closed,
+    /// Anything else: a break mid-head, or bytes that are not HTTP.
+    Broken,
 }
 
 impl Forwarder {
@@ -145,17 +191,30 @@ impl Forwarder {
     }
 
     /// Sends `req` (origin-form URI, Host set) to `authority`, allowing `timeout` for the
-    /// response headers. A request that a reused connection closed on before any of it was
-    /// written (the backend had just closed it) goes again on the next connection: it was never
-    /// processed, so this is safe for any method.
+    /// response headers. A request that a reused connection turns out to have been closed
+    /// under goes again on the next connection when that is safe: when none of it could be
+    /// written, or when the method is idempotent and not a byte of answer came.
     pub async fn send(
         &self,
         authority: &str,
-        req: Request<ProxyBody>,
+        req: Request<TryBody>,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
         let list = self.idle_list(authority);
-        match tokio::time::timeout(timeout, self.exchange(&list, authority, req)).await {
+        let (parts, body) = req.into_parts();
+        let tunnel = parts.headers.contains_key(header::UPGRADE) || parts.method == Method::CONNECT;
+        let work = async {
+            match body {
+                TryBody::Whole(bytes) if !tunnel => {
+                    self.exchange(&list, authority, &parts, &bytes).await
+                }
+                body => {
+                    let req = Request::from_parts(parts, body.into_proxy_body());
+                    Box::pin(self.exchange_hyper(authority, req)).await
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Try(TryError::Timeout)),
         }
@@ -192,49 +251,75 @@ impl Forwarder {
         backends.entry(authority.into()).or_default().clone()
     }
 
+    /// One request with a whole body, on a pooled connection, in this task.
     async fn exchange(
         &self,
         list: &Arc<IdleList>,
         authority: &str,
-        mut req: Request<ProxyBody>,
+        parts: &Parts,
+        body: &Bytes,
     ) -> Result<Response<PooledBody>, SendError> {
+        let mut wire = Vec::with_capacity(512 + body.len());
+        h1::encode_request(&mut wire, &parts.method, &parts.uri, &parts.headers, body);
+        let head_request = parts.method == Method::HEAD;
         loop {
             let reused = list.checkout(Instant::now(), self.shared.idle_timeout);
             let fresh = reused.is_none();
-            let mut sender = match reused {
-                Some(s) => s,
+            let mut conn = match reused {
+                Some(c) => c,
                 // Boxed: a connect is rare once the pool is warm, and its future would
                 // otherwise make every request's future (boxed per request) larger.
                 None => Box::pin(self.connect(authority)).await?,
             };
-            // A connection returned at its response's last byte may not have turned idle yet;
-            // this waits for that, or finds it closed.
-            if sender.ready().await.is_err() {
+            if conn.stream.write_all(&wire).await.is_err() {
+                // The backend had closed it; it cannot have acted on a request it refused.
                 if fresh {
-                    return Err(SendError::Try(TryError::Reset));
+                    return Err(RESET);
                 }
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    // A switched connection belongs to the tunnel now.
-                    let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (sender, list.clone()));
-                    return Ok(resp.map(|body| PooledBody::new(body, back)));
+            match read_head(&mut conn, head_request).await {
+                Ok(Head {
+                    response,
+                    framing,
+                    keep_alive,
+                }) => {
+                    let body = PooledBody::wire(conn, framing, keep_alive, list.clone());
+                    return Ok(response.map(|()| body));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    Some(_) => return Err(SendError::Try(TryError::Reset)),
-                    None if super::replay::is_body_limit(&e.into_error()) => {
-                        return Err(SendError::BodyLimit)
-                    }
-                    None => return Err(SendError::Try(TryError::Reset)),
-                },
+                // A keep-alive connection the backend closed as the request went out: it was
+                // never processed, as far as anything can tell, so an idempotent one goes again.
+                Err(HeadError::Closed) if !fresh && idempotent(&parts.method) => continue,
+                Err(_) => return Err(RESET),
             }
         }
     }
 
-    async fn connect(&self, authority: &str) -> Result<SendRequest<ProxyBody>, SendError> {
+    /// One request through hyper's client connection, on a new connection used once: a body
+    /// that streams, or an upgrade that takes the connection over.
+    async fn exchange_hyper(
+        &self,
+        authority: &str,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let conn = self.connect(authority).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(conn.stream))
+            .await
+            .map_err(|_| RESET)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(PooledBody::hyper)),
+            Err(e) if super::replay::is_body_limit(&e) => Err(SendError::BodyLimit),
+            Err(_) => Err(RESET),
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<Conn, SendError> {
         let fail = SendError::Try(TryError::Connect);
         let stream =
             tokio::time::timeout(self.shared.connect_timeout, TcpStream::connect(authority))
@@ -242,16 +327,29 @@ impl Forwarder {
                 .map_err(|_| fail)?
                 .map_err(|_| fail)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| fail)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+/// Reads until a whole response head is in.
+async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, HeadError> {
+    loop {
+        if !conn.buf.is_empty() {
+            match h1::parse_response(&mut conn.buf, head_request) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(WireError::Malformed) => return Err(HeadError::Broken),
             }
-        });
-        Ok(sender)
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(n) if n > 0 => {}
+            _ if conn.buf.is_empty() => return Err(HeadError::Closed),
+            _ => return Err(HeadError::Broken),
+        }
     }
 }
 
@@ -286,35 +384,112 @@ async fn reap(shared: Weak<Shared>) {
     }
 }
 
-/// A backend's response body that gives its connection back to the idle list once the last
-/// byte is read. A body dropped before its end takes the connection with it: hyper closes a
-/// connection whose response was not read to the end.
+/// A backend's response body. Read from a pooled connection, the connection goes back to its
+/// idle list once the last byte is read; a body dropped before its end takes the connection
+/// with it. Read by hyper, the connection is used once.
 pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(SendRequest<ProxyBody>, Arc<IdleList>)>,
+    inner: Inner,
+}
+
+enum Inner {
+    Wire(Wire),
+    Hyper(Incoming),
+}
+
+/// A body fulcrum unframes itself.
+struct Wire {
+    /// None once the body has ended or failed.
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    list: Arc<IdleList>,
+}
+
+impl Wire {
+    /// The body is complete: the connection goes back if it may carry another request.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.list.checkin(conn);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if self.framing.is_done() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            conn.buf.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err("backend closed the connection mid-body".into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let read_by = match &self.inner {
+            Inner::Wire(_) => "fulcrum",
+            Inner::Hyper(_) => "hyper",
+        };
         f.debug_struct("PooledBody")
-            .field("pooled", &self.back.is_some())
+            .field("read_by", &read_by)
             .finish()
     }
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, back: Option<(SendRequest<ProxyBody>, Arc<IdleList>)>) -> PooledBody {
-        let mut body = PooledBody { inner, back };
+    fn wire(conn: Conn, framing: Framing, keep_alive: bool, list: Arc<IdleList>) -> PooledBody {
+        let mut wire = Wire {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+            list,
+        };
         // An empty body is never polled: its connection is free already.
-        if body.inner.is_end_stream() {
-            body.give_back();
+        if wire.framing.is_done() {
+            wire.finish();
         }
-        body
+        PooledBody {
+            inner: Inner::Wire(wire),
+        }
     }
 
-    fn give_back(&mut self) {
-        if let Some((sender, list)) = self.back.take() {
-            list.checkin(sender);
+    fn hyper(body: Incoming) -> PooledBody {
+        PooledBody {
+            inner: Inner::Hyper(body),
         }
     }
 }
@@ -327,22 +502,29 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+        match &mut self.inner {
+            Inner::Wire(w) => w.poll_frame(cx),
+            Inner::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
         }
-        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Wire(w) => w.conn.is_none() || w.framing.is_done(),
+            Inner::Hyper(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Wire(w) => w
+                .framing
+                .remaining()
+                .map_or_else(SizeHint::new, SizeHint::with_exact),
+            Inner::Hyper(b) => b.size_hint(),
+        }
     }
 }
 
@@ -360,17 +542,24 @@ mod tests {
         }
     }
 
-    fn get() -> Request<ProxyBody> {
-        Request::get("/")
+    fn get() -> Request<TryBody> {
+        request(Method::GET)
+    }
+
+    fn request(method: Method) -> Request<TryBody> {
+        Request::builder()
+            .method(method)
+            .uri("/")
             .header("host", "test")
-            .body(super::super::body::boxed(Empty::<Bytes>::new()))
+            .body(TryBody::Whole(Bytes::new()))
             .unwrap()
     }
 
-    /// A backend that answers `n` requests per connection with a 2-byte body, then closes;
-    /// the number of connections it accepted is sent on `accepted`.
-    async fn backend(
-        per_conn: usize,
+    /// A backend that answers the `i`th request of each connection with `answer(i)`, closing
+    /// the connection instead when that is `None`; the number of connections it accepted is
+    /// sent on `accepted`.
+    async fn scripted(
+        answer: fn(usize) -> Option<&'static [u8]>,
     ) -> (std::net::SocketAddr, tokio::sync::watch::Receiver<usize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -383,7 +572,7 @@ mod tests {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
                     let mut answered = 0;
-                    while answered < per_conn {
+                    loop {
                         let Ok(n) = s.read(&mut buf).await else {
                             return;
                         };
@@ -393,16 +582,30 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
+                            let Some(bytes) = answer(answered) else {
+                                return;
+                            };
                             answered += 1;
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
+                            let _ = s.write_all(bytes).await;
                         }
                     }
                 });
             }
         });
         (addr, rx)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A backend that answers `per_conn` requests per connection with a 2-byte body, then
+    /// closes.
+    async fn backend(
+        per_conn: usize,
+    ) -> (std::net::SocketAddr, tokio::sync::watch::Receiver<usize>) {
+        match per_conn {
+            1 => scripted(|i| (i < 1).then_some(OK)).await,
+            _ => scripted(|_| Some(OK)).await,
+        }
     }
 
     #[tokio::test]
@@ -492,5 +695,141 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, SendError::Try(TryError::Timeout));
+    }
+
+    #[tokio::test]
+    async fn chunked_and_close_delimited_bodies_arrive_whole_and_only_framed_ones_are_pooled() {
+        let (addr, accepted) = scripted(|_| {
+            Some(&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n"[..])
+        })
+        .await;
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        for _ in 0..3 {
+            let resp = f
+                .send(&addr.to_string(), get(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok!!!");
+            assert_eq!(f.idle_connections(), 1);
+        }
+        assert_eq!(*accepted.borrow(), 1);
+
+        // No length: the body runs to the close, and the connection goes with it.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nto the close").await;
+        });
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        let resp = f
+            .send(&addr.to_string(), get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"to the close");
+        assert_eq!(f.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_response_that_says_close_is_not_pooled() {
+        let (addr, accepted) = scripted(|_| {
+            Some(&b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..])
+        })
+        .await;
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        for _ in 0..2 {
+            let resp = f
+                .send(&addr.to_string(), get(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+            assert_eq!(f.idle_connections(), 0);
+        }
+        assert_eq!(*accepted.borrow(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_connection_is_retried_for_an_idempotent_request_only() {
+        // Each connection answers its first request and closes at the second unanswered: what
+        // a backend closing an idle keep-alive connection looks like to the request sent on it.
+        let (addr, accepted) = scripted(|i| (i == 0).then_some(OK)).await;
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        for _ in 0..2 {
+            let resp = f
+                .send(&addr.to_string(), get(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(
+            *accepted.borrow(),
+            2,
+            "the GET went again on a new connection"
+        );
+        let resp = f
+            .send(
+                &addr.to_string(),
+                request(Method::POST),
+                Duration::from_secs(5),
+            )
+            .await;
+        // The pooled connection from the last GET is the stale one now.
+        assert_eq!(resp.unwrap_err(), SendError::Try(TryError::Reset));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_goes_through_hyper_on_a_connection_of_its_own() {
+        let (addr, accepted) = backend(usize::MAX).await;
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        for _ in 0..2 {
+            let body = super::super::body::boxed(Empty::<Bytes>::new());
+            let req = Request::get("/")
+                .header("host", "test")
+                .body(TryBody::Stream(body))
+                .unwrap();
+            let resp = f
+                .send(&addr.to_string(), req, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            assert_eq!(f.idle_connections(), 0);
+        }
+        assert_eq!(*accepted.borrow(), 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_a_broken_body_are_failures() {
+        let (addr, _) = scripted(|_| Some(&b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..])).await;
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        let e = f
+            .send(&addr.to_string(), get(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e, SendError::Try(TryError::Reset));
+
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+                .await;
+        });
+        let resp = f
+            .send(&addr.to_string(), get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "a body cut short is an error"
+        );
+        assert_eq!(f.idle_connections(), 0);
     }
 }

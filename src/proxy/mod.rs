@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod replay;
 pub mod route;
@@ -30,7 +31,7 @@ use http_body_util::{Empty, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use ractor::ActorRef;
-use replay::RequestBody;
+use replay::{RequestBody, TryBody};
 use route::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ struct TryTemplate {
 
 impl TryTemplate {
     /// The request of one try; `host` replaces the client's Host when set.
-    fn request(&self, body: ProxyBody, host: Option<&HeaderValue>) -> Request<ProxyBody> {
+    fn request(&self, body: TryBody, host: Option<&HeaderValue>) -> Request<TryBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();

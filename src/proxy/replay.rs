@@ -82,10 +82,28 @@ impl RequestBody {
     }
 
     /// The body for the next try; `None` if a one-shot body was already sent.
-    pub fn for_try(&mut self) -> Option<ProxyBody> {
+    pub fn for_try(&mut self) -> Option<TryBody> {
         match self {
-            RequestBody::Replayable(bytes) => Some(boxed(Full::new(bytes.clone()))),
-            RequestBody::OneShot(body) => body.take().map(boxed),
+            RequestBody::Replayable(bytes) => Some(TryBody::Whole(bytes.clone())),
+            RequestBody::OneShot(body) => body.take().map(|b| TryBody::Stream(boxed(b))),
+        }
+    }
+}
+
+/// The body one try sends.
+pub enum TryBody {
+    /// All of it, in hand.
+    Whole(Bytes),
+    /// Streamed from the client as it arrives.
+    Stream(ProxyBody),
+}
+
+impl TryBody {
+    /// As a body hyper can send.
+    pub fn into_proxy_body(self) -> ProxyBody {
+        match self {
+            TryBody::Whole(bytes) => boxed(Full::new(bytes)),
+            TryBody::Stream(body) => body,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod table;
 
 use idle::IdleMemory;
 use load::{Tally, Window};
-use procfs::Tree;
+use procfs::{Cpu, Tree};
 use proxies::{Kind, Setup, Workers};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,8 +80,8 @@ pub struct Cell {
     pub tally: Tally,
     /// The window's length.
     pub seconds: f64,
-    /// The proxy's CPU seconds in the window (None for direct).
-    pub cpu: Option<f64>,
+    /// The proxy's CPU time in the window (None for direct).
+    pub cpu: Option<Cpu>,
     /// The proxy's peak resident memory so far (None for direct).
     pub peak_rss: Option<u64>,
 }
@@ -92,10 +92,19 @@ impl Cell {
         self.tally.ok as f64 / self.seconds.max(f64::MIN_POSITIVE)
     }
 
-    /// The proxy's CPU seconds per 1,000 answers.
+    /// The proxy's CPU seconds (user and system) per 1,000 answers.
     pub fn cpu_per_1000(&self) -> Option<f64> {
-        let cpu = self.cpu?;
-        (self.tally.ok > 0).then(|| cpu * 1000.0 / self.tally.ok as f64)
+        self.per_1000(self.cpu?.total())
+    }
+
+    /// The part of [`Cell::cpu_per_1000`] spent in the proxy's own code (user time): the part
+    /// a proxy's design decides, where the system part is mostly the TCP stack's.
+    pub fn user_per_1000(&self) -> Option<f64> {
+        self.per_1000(self.cpu?.user)
+    }
+
+    fn per_1000(&self, seconds: f64) -> Option<f64> {
+        (self.tally.ok > 0).then(|| seconds * 1000.0 / self.tally.ok as f64)
     }
 }
 
@@ -225,9 +234,9 @@ async fn measure(
     let cpu = async {
         let tree = tree?;
         tokio::time::sleep_until(window.start).await;
-        let before = tree.cpu_seconds();
+        let before = tree.cpu();
         tokio::time::sleep_until(window.end).await;
-        Some(tree.cpu_seconds() - before)
+        Some(tree.cpu() - before)
     };
     let (tally, cpu) = tokio::join!(load::closed_loop(targets, connections, window), cpu);
     Cell {

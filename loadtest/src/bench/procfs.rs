@@ -14,8 +14,38 @@ pub struct Tree {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
     ppid: u32,
-    /// utime + stime, in clock ticks.
-    ticks: u64,
+    /// utime, in clock ticks.
+    user: u64,
+    /// stime, in clock ticks.
+    system: u64,
+}
+
+/// CPU time, in seconds, split as the kernel accounts it: a proxy's own code runs in user time,
+/// the TCP stack it drives in system time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cpu {
+    /// In the process's own code and its libraries.
+    pub user: f64,
+    /// In the kernel on the process's behalf.
+    pub system: f64,
+}
+
+impl Cpu {
+    /// User and system together.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
 }
 
 impl Tree {
@@ -52,15 +82,20 @@ impl Tree {
         }
     }
 
-    /// CPU seconds (user + system) the tree's live processes have used so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        let ticks: u64 = self
+    /// CPU time the tree's live processes have used so far.
+    pub fn cpu(&self) -> Cpu {
+        let (user, system) = self
             .pids()
             .into_iter()
             .filter_map(read_stat)
-            .map(|s| s.ticks)
-            .sum();
-        ticks as f64 / ticks_per_second()
+            .fold((0u64, 0u64), |(u, s), stat| {
+                (u + stat.user, s + stat.system)
+            });
+        let hz = ticks_per_second();
+        Cpu {
+            user: user as f64 / hz,
+            system: system as f64 / hz,
+        }
     }
 
     /// The tree's resident memory now, in bytes.
@@ -100,7 +135,8 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // After the name: state(3) ppid(4) ... utime(14) stime(15).
     Some(Stat {
         ppid: f.get(1)?.parse().ok()?,
-        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+        user: f.get(11)?.parse().ok()?,
+        system: f.get(12)?.parse().ok()?,
     })
 }
 
@@ -129,7 +165,8 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 ppid: 17,
-                ticks: 325
+                user: 250,
+                system: 75
             })
         );
         assert_eq!(parse_stat("garbage"), None);
@@ -155,6 +192,6 @@ mod tests {
         while start.elapsed() < std::time::Duration::from_millis(50) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
-        assert!(x != 1 && tree.cpu_seconds() > 0.0);
+        assert!(x != 1 && tree.cpu().total() > 0.0);
     }
 }

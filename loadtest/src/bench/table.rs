@@ -84,20 +84,22 @@ fn rank(p: Option<Kind>) -> u8 {
 
 fn figures(r: &Results, w: Workers) -> String {
     let mut out = String::from(
-        "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | peak RSS | errors |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | of it user | peak RSS | errors |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let seconds = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.4}"));
     for c in rows(r, w) {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             c.connections,
             name(c),
             c.rate(),
             latency(c.tally.percentile(50.0)),
             latency(c.tally.percentile(99.0)),
             latency(c.tally.percentile(99.9)),
-            c.cpu_per_1000().map_or("-".into(), |s| format!("{s:.4}")),
+            seconds(c.cpu_per_1000()),
+            seconds(c.user_per_1000()),
             c.peak_rss.map_or("-".into(), mib),
             c.tally.errors,
         );
@@ -107,7 +109,8 @@ fn figures(r: &Results, w: Workers) -> String {
 
 fn ratios(r: &Results, w: Workers) -> String {
     let mut out = String::from(
-        "| conns | fulcrum ÷ | req/s | p99 | CPU per request |\n|---:|---|---:|---:|---:|\n",
+        "| conns | fulcrum ÷ | req/s | p99 | CPU per request | user CPU per request |\n\
+         |---:|---|---:|---:|---:|---:|\n",
     );
     let rows = rows(r, w);
     for f in rows.iter().filter(|c| c.proxy == Some(Kind::Fulcrum)) {
@@ -115,19 +118,20 @@ fn ratios(r: &Results, w: Workers) -> String {
             .iter()
             .filter(|c| c.connections == f.connections && c.proxy != Some(Kind::Fulcrum))
         {
-            let cpu = match (f.cpu_per_1000(), other.cpu_per_1000()) {
+            let cpu = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".into(),
             };
             let p99 = |c: &Cell| c.tally.percentile(99.0).as_secs_f64();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 f.connections,
                 name(other),
                 ratio(f.rate(), other.rate()),
                 ratio(p99(f), p99(other)),
-                cpu
+                cpu(f.cpu_per_1000(), other.cpu_per_1000()),
+                cpu(f.user_per_1000(), other.user_per_1000()),
             );
         }
     }
@@ -190,6 +194,7 @@ mod tests {
     use super::*;
     use crate::bench::idle::IdleMemory;
     use crate::bench::load::Tally;
+    use crate::bench::procfs::Cpu;
     use crate::bench::Idle;
 
     fn cell(proxy: Option<Kind>, workers: Workers, conns: usize, ok: u64, cpu: f64) -> Cell {
@@ -204,7 +209,11 @@ mod tests {
             connections: conns,
             tally,
             seconds: 1.0,
-            cpu: proxy.map(|_| cpu),
+            // A quarter of it in the proxy's own code.
+            cpu: proxy.map(|_| Cpu {
+                user: cpu / 4.0,
+                system: cpu * 3.0 / 4.0,
+            }),
             peak_rss: proxy.map(|_| 20 << 20),
         }
     }
@@ -215,7 +224,7 @@ mod tests {
             cells: vec![
                 cell(None, Workers::One, 16, 100_000, 0.0),
                 cell(Some(Kind::Fulcrum), Workers::One, 16, 50_000, 1.0),
-                cell(Some(Kind::Nginx), Workers::One, 16, 40_000, 1.0),
+                cell(Some(Kind::Nginx), Workers::One, 16, 40_000, 2.0),
                 cell(Some(Kind::Fulcrum), Workers::Default, 16, 60_000, 1.0),
             ],
             idle: vec![Idle {
@@ -233,11 +242,16 @@ mod tests {
         };
         let t = render(&r);
         assert!(
-            t.contains("| 16 | fulcrum | 50000 | 50 µs | 99 µs | 100 µs | 0.0200 | 20.0 MiB | 0 |"),
+            t.contains(
+                "| 16 | fulcrum | 50000 | 50 µs | 99 µs | 100 µs | 0.0200 | 0.0050 | 20.0 MiB | 0 |"
+            ),
             "{t}"
         );
-        assert!(t.contains("| 16 | nginx | 1.25 | 1.00 | 0.80 |"), "{t}");
-        assert!(t.contains("| 16 | direct | 0.50 | 1.00 | - |"), "{t}");
+        assert!(
+            t.contains("| 16 | nginx | 1.25 | 1.00 | 0.40 | 0.40 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 16 | direct | 0.50 | 1.00 | - | - |"), "{t}");
         assert!(
             t.contains("| fulcrum | 10 of 10 | 10.0 MiB | 11.0 MiB | 1.0 MiB | 102.4 KiB |"),
             "{t}"
