@@ -597,6 +597,28 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
+    /// A backend that answers one request with `answer` and closes the connection.
+    async fn once(answer: &'static [u8]) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(answer).await;
+        });
+        addr
+    }
+
+    /// GETs `/` from `addr` through `f`, the response's body read to its end.
+    async fn fetch(f: &Forwarder, addr: std::net::SocketAddr) -> Result<Bytes, BoxError> {
+        let resp = f
+            .send(&addr.to_string(), get(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        Ok(resp.into_body().collect().await?.to_bytes())
+    }
+
     /// A backend that answers `per_conn` requests per connection with a 2-byte body, then
     /// closes.
     async fn backend(
@@ -630,11 +652,7 @@ mod tests {
         let (addr, accepted) = backend(1).await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..3 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
-            resp.into_body().collect().await.unwrap();
+            fetch(&f, addr).await.unwrap();
             // Let the backend's close arrive, as it would between two real requests.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -705,31 +723,16 @@ mod tests {
         .await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..3 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = fetch(&f, addr).await.unwrap();
             assert_eq!(&body[..], b"ok!!!");
             assert_eq!(f.idle_connections(), 1);
         }
         assert_eq!(*accepted.borrow(), 1);
 
         // No length: the body runs to the close, and the connection goes with it.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nto the close").await;
-        });
+        let addr = once(b"HTTP/1.1 200 OK\r\n\r\nto the close").await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
-        let resp = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = fetch(&f, addr).await.unwrap();
         assert_eq!(&body[..], b"to the close");
         assert_eq!(f.idle_connections(), 0);
     }
@@ -742,11 +745,7 @@ mod tests {
         .await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..2 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
-            resp.into_body().collect().await.unwrap();
+            fetch(&f, addr).await.unwrap();
             assert_eq!(f.idle_connections(), 0);
         }
         assert_eq!(*accepted.borrow(), 2);
@@ -759,11 +758,7 @@ mod tests {
         let (addr, accepted) = scripted(|i| (i == 0).then_some(OK)).await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..2 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
-            resp.into_body().collect().await.unwrap();
+            fetch(&f, addr).await.unwrap();
         }
         assert_eq!(
             *accepted.borrow(),
@@ -812,22 +807,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(e, SendError::Try(TryError::Reset));
 
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
-                .await;
-        });
-        let resp = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let addr = once(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").await;
         assert!(
-            resp.into_body().collect().await.is_err(),
+            fetch(&f, addr).await.is_err(),
             "a body cut short is an error"
         );
         assert_eq!(f.idle_connections(), 0);

@@ -386,6 +386,12 @@ mod tests {
         }
     }
 
+    fn encoded(method: Method, uri: &str, headers: &HeaderMap, body: &[u8]) -> String {
+        let mut out = Vec::new();
+        encode_request(&mut out, &method, &uri.parse().unwrap(), headers, body);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn the_request_head_carries_every_header_and_frames_the_body() {
         let mut headers = HeaderMap::new();
@@ -393,31 +399,19 @@ mod tests {
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
-        let uri: Uri = "/p?q=1".parse().unwrap();
-        let mut out = Vec::new();
-        encode_request(&mut out, &Method::POST, &uri, &headers, b"hello");
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(Method::POST, "/p?q=1", &headers, b"hello"),
             "POST /p?q=1 HTTP/1.1\r\nhost: b:80\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\nhello"
         );
-        let mut out = Vec::new();
-        encode_request(
-            &mut out,
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            b"",
+        let none = HeaderMap::new();
+        assert_eq!(
+            encoded(Method::GET, "/", &none, b""),
+            "GET / HTTP/1.1\r\n\r\n"
         );
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
-        let mut out = Vec::new();
-        encode_request(
-            &mut out,
-            &Method::PUT,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            b"",
+        assert_eq!(
+            encoded(Method::PUT, "/", &none, b""),
+            "PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
-        assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
     #[test]
