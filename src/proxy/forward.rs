@@ -738,6 +738,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_response_written_a_byte_at_a_time_arrives_whole_and_frees_its_connection() {
+        const SLOW: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwire\r\n0\r\n\r\n";
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                let Ok(n) = s.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                for b in SLOW {
+                    let _ = s.write_all(&[*b]).await;
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
+        for _ in 0..2 {
+            let resp = f
+                .send(&addr.to_string(), get(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-a"], "1");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"wire");
+            assert_eq!(f.idle_connections(), 1);
+        }
+    }
+
+    #[tokio::test]
     async fn a_response_that_says_close_is_not_pooled() {
         let (addr, accepted) = scripted(|_| {
             Some(&b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..])
