@@ -10,6 +10,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
 
 /// The most headers a backend's response may carry.
 const MAX_HEADERS: usize = 128;
@@ -81,9 +82,11 @@ pub struct Head {
 /// request was HEAD, so the response has no body whatever its headers say.
 pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, WireError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        // Uninitialised slots: zeroing 128 of them for every response costs more than parsing.
+        let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parser = httparse::ParserConfig::default();
+        let len = match parser.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
                 return Err(WireError::Malformed)
@@ -102,20 +105,22 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         } else {
             Version::HTTP_11
         };
-        // Where each value sits in the head, so that the values can share its bytes.
+        // Where each name and value sits in the head: the values then share its bytes.
         let base = buf.as_ptr() as usize;
-        let mut names = Vec::with_capacity(parsed.headers.len());
-        let mut ranges = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            names
-                .push(HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Malformed)?);
-            let start = h.value.as_ptr() as usize - base;
-            ranges.push(start..start + h.value.len());
-        }
-        let mut headers = HeaderMap::with_capacity(names.len());
+        let at = |field: &[u8]| {
+            let start = field.as_ptr() as usize - base;
+            start..start + field.len()
+        };
+        let spans: Vec<_> = parsed
+            .headers
+            .iter()
+            .map(|h| (at(h.name.as_bytes()), at(h.value)))
+            .collect();
         let head = buf.split_to(len).freeze();
-        for (name, range) in names.into_iter().zip(ranges) {
-            let value = HeaderValue::from_maybe_shared(head.slice(range))
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name, value) in spans {
+            let name = HeaderName::from_bytes(&head[name]).map_err(|_| WireError::Malformed)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| WireError::Malformed)?;
             headers.append(name, value);
         }
