@@ -464,6 +464,7 @@ impl PoolState {
             authority: self.slots[i].shared.authority.clone(),
             pool: myself.clone(),
             metrics: self.slots[i].shared.metrics.clone(),
+            outcomes: self.slots[i].shared.outcomes.clone(),
             initial_latency: initial,
             healthy,
             ramp,

@@ -1,10 +1,11 @@
 //! BackendActor: one per backend, spawned linked to its pool. It folds every request outcome
-//! (cast by the frontend) and every probe result (forwarded by the pool) into its policies — the
+//! (queued by the frontend, a batch per message: [`super::outcomes`]) and every probe result (forwarded by the pool) into its policies — the
 //! circuit breaker, the peak EWMA of latency, the success rate, rise/fall of probes, the
 //! slow-start ramp — and tells the pool its [`BackendView`] when that changes. A timer turns an
 //! open breaker half-open on time, so recovery never waits for a request to arrive.
 
 use super::actor::PoolMsg;
+use super::outcomes::OutcomeQueue;
 use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
@@ -52,8 +53,8 @@ pub struct Outcome {
 /// Messages of the backend actor.
 #[derive(Debug)]
 pub enum BackendMsg {
-    /// A request's outcome, cast from the frontend.
-    Outcome(Outcome),
+    /// Request outcomes are queued: fold them.
+    Outcomes,
     /// An active probe's result, forwarded by the pool with the pool's mean latency (where this
     /// backend's estimate restarts if the result brings it back).
     Probe { pass: bool, pool_mean: Duration },
@@ -128,6 +129,8 @@ pub struct BackendArgs {
     pub(crate) authority: Arc<str>,
     pub(crate) pool: ActorRef<PoolMsg>,
     pub(crate) metrics: Arc<BackendMetrics>,
+    /// The backend's queue of request outcomes.
+    pub(crate) outcomes: Arc<OutcomeQueue>,
     /// Where the latency estimate starts: the pool's mean, so a new backend is not flooded.
     pub(crate) initial_latency: Duration,
     /// Whether it starts healthy: a restarted actor keeps what the probes had found.
@@ -144,6 +147,7 @@ pub struct BackendState {
     authority: Arc<str>,
     pool: ActorRef<PoolMsg>,
     metrics: Arc<BackendMetrics>,
+    outcomes: Arc<OutcomeQueue>,
     ewma: PeakEwma,
     success: SuccessRate,
     breaker: Breaker,
@@ -164,9 +168,11 @@ impl Actor for BackendActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: BackendArgs,
     ) -> Result<BackendState, ActorProcessingErr> {
+        // Outcomes queued while a previous life of this actor was failing lost their message.
+        myself.cast(BackendMsg::Outcomes)?;
         let now = Instant::now();
         let up = &args.upstream;
         let mut probes = RiseFall::new(up.health.healthy_threshold, up.health.unhealthy_threshold);
@@ -188,6 +194,7 @@ impl Actor for BackendActor {
             authority: args.authority,
             pool: args.pool,
             metrics: args.metrics,
+            outcomes: args.outcomes,
             reported: BackendView::fresh(
                 args.healthy,
                 args.initial_latency,
@@ -209,7 +216,15 @@ impl Actor for BackendActor {
         let now = Instant::now();
         let was_in_rotation = state.in_rotation();
         let circuit_change = match msg {
-            BackendMsg::Outcome(o) => state.fold_outcome(o, now),
+            BackendMsg::Outcomes => {
+                let queue = state.outcomes.clone();
+                queue.drain(|o| {
+                    if let Some(circuit) = state.fold_outcome(o, now) {
+                        state.circuit_changed(&myself, circuit, now);
+                    }
+                });
+                None
+            }
             BackendMsg::Probe { pass, pool_mean } => {
                 state.pool_mean = pool_mean;
                 state.fold_probe(pass)
@@ -226,11 +241,7 @@ impl Actor for BackendActor {
             }
         };
         if let Some(circuit) = circuit_change {
-            state.metrics.transition(circuit);
-            state.log_transition(circuit);
-            if let CircuitState::Open { until } = circuit {
-                myself.send_after(until.saturating_duration_since(now), || BackendMsg::Tick);
-            }
+            state.circuit_changed(&myself, circuit, now);
         }
         if !was_in_rotation && state.in_rotation() {
             state.rejoin(now);
@@ -293,6 +304,15 @@ impl BackendState {
         self.ewma = PeakEwma::new(self.pool_mean, self.upstream.adaptive.ewma_decay, now);
         self.success.reset(now);
         self.slow_start.begin(now);
+    }
+
+    /// The breaker moved to `circuit`: counted, logged, and an open one timed.
+    fn circuit_changed(&self, myself: &ActorRef<BackendMsg>, circuit: CircuitState, now: Instant) {
+        self.metrics.transition(circuit);
+        self.log_transition(circuit);
+        if let CircuitState::Open { until } = circuit {
+            myself.send_after(until.saturating_duration_since(now), || BackendMsg::Tick);
+        }
     }
 
     fn log_transition(&self, circuit: CircuitState) {
@@ -416,12 +436,14 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
         let metrics = crate::telemetry::metrics::Metrics::new();
+        let outcomes = Arc::new(OutcomeQueue::default());
         let args = BackendArgs {
             id: 0,
             upstream: upstream(),
             authority: Arc::from("127.0.0.1:1"),
             pool: pool.clone(),
             metrics: metrics.backend("web", "127.0.0.1:1", 1),
+            outcomes: outcomes.clone(),
             initial_latency: Duration::from_millis(10),
             healthy: true,
             ramp: false,
@@ -432,7 +454,9 @@ mod tests {
             latency: Duration::from_millis(1),
         };
         for _ in 0..3 {
-            backend.cast(BackendMsg::Outcome(failure)).unwrap();
+            if outcomes.push(failure) {
+                backend.cast(BackendMsg::Outcomes).unwrap();
+            }
         }
         let opened_at = Instant::now();
         let state = next_circuit(&mut rx, |c| c == CircuitState::Closed).await;

@@ -7,6 +7,7 @@
 //! near enough, which is what exposes a hung backend long before any timeout fires.
 
 use super::backend::{BackendMsg, Outcome};
+use super::outcomes::OutcomeQueue;
 use crate::policy::balance::BackendId;
 use crate::telemetry::metrics::BackendMetrics;
 use http::HeaderValue;
@@ -24,6 +25,8 @@ pub(crate) struct BackendShared {
     /// `authority` as a Host header value, built once rather than on every try.
     host: Option<HeaderValue>,
     pub(crate) metrics: Arc<BackendMetrics>,
+    /// Outcomes on their way to the backend's actor; it outlives each life of the actor.
+    pub(crate) outcomes: Arc<OutcomeQueue>,
     inflight: AtomicU32,
     picks: AtomicU64,
     /// Time base of the two stamps below.
@@ -46,6 +49,7 @@ impl BackendShared {
             host: HeaderValue::from_str(&authority).ok(),
             authority,
             metrics,
+            outcomes: Arc::default(),
             inflight: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             epoch,
@@ -126,14 +130,18 @@ impl Lease {
         self.shared.inflight()
     }
 
-    /// Tells the backend's actor how the request went. A cast: the request path never waits.
+    /// Tells the backend's actor how the request went: queued, with a message only when none
+    /// is on its way already. The request path never waits.
     pub fn report(&self, outcome: Outcome) {
         self.shared
             .last_answer
             .store(self.shared.stamp(Instant::now()), Ordering::Relaxed);
         self.shared.metrics.outcome(outcome.kind, outcome.latency);
-        // The actor may be between a failure and its restart; one lost sample is harmless.
-        let _ = self.actor.cast(BackendMsg::Outcome(outcome));
+        if self.shared.outcomes.push(outcome) && self.actor.cast(BackendMsg::Outcomes).is_err() {
+            // This lease's actor died since the pick. Its successor drains when it starts; for
+            // what comes after, the next report must send the message again.
+            self.shared.outcomes.unnudge();
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod actor;
 mod backend;
 mod change;
 mod lease;
+mod outcomes;
 mod probe;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
