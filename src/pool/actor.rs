@@ -329,12 +329,14 @@ impl Actor for PoolActor {
                         .and_then(|i| state.slots[i].actor.clone()),
                 );
             }
+            // Boxed, these two: they spawn actors, and their futures would otherwise make the
+            // future of every message (a pick on every request) a few KiB larger to build.
             PoolMsg::Reconfigure { upstream, reply } => {
-                let applied = state.reconfigure(&myself, *upstream).await;
+                let applied = Box::pin(state.reconfigure(&myself, *upstream)).await;
                 let _ = reply.send(applied);
             }
             PoolMsg::AddBackend { backend, reply } => {
-                let _ = reply.send(state.add_backend(&myself, &backend).await);
+                let _ = reply.send(Box::pin(state.add_backend(&myself, &backend)).await);
             }
             PoolMsg::RemoveBackend { address, reply } => {
                 let _ = reply.send(state.remove_backend(&myself, &address));
