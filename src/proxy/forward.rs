@@ -21,8 +21,7 @@ use crate::config::Timeouts;
 use crate::policy::retry::{idempotent, Failure};
 use crate::pool::OutcomeKind;
 use bytes::{Bytes, BytesMut};
-use http::request::Parts;
-use http::{header, Method, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -83,6 +82,35 @@ impl TryError {
 }
 
 const RESET: SendError = SendError::Try(TryError::Reset);
+
+/// What one try sends but its body, borrowed from the request's template: the request is
+/// built for hyper only when hyper sends it, and written straight from here otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct TryHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI, in origin form.
+    pub uri: &'a Uri,
+    /// The headers, rewritten for the backend.
+    pub headers: &'a HeaderMap,
+    /// Replaces the headers' Host when set.
+    pub host: Option<&'a HeaderValue>,
+}
+
+impl TryHead<'_> {
+    /// The request as hyper sends it.
+    fn to_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        if let Some(v) = self.host {
+            req.headers_mut().insert(header::HOST, v.clone());
+        }
+        req
+    }
+}
 
 /// One upstream's connections to its backends.
 #[derive(Clone)]
@@ -190,26 +218,26 @@ impl Forwarder {
         Forwarder { shared }
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `authority`, allowing `timeout` for the
-    /// response headers. A request that a reused connection turns out to have been closed
-    /// under goes again on the next connection when that is safe: when none of it could be
-    /// written, or when the method is idempotent and not a byte of answer came.
+    /// Sends a request (`head` and `body`) to `authority`, allowing `timeout` for the response
+    /// headers. A request that a reused connection turns out to have been closed under goes
+    /// again on the next connection when that is safe: when none of it could be written, or
+    /// when the method is idempotent and not a byte of answer came.
     pub async fn send(
         &self,
         authority: &str,
-        req: Request<TryBody>,
+        head: TryHead<'_>,
+        body: TryBody,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
         let list = self.idle_list(authority);
-        let (parts, body) = req.into_parts();
-        let tunnel = parts.headers.contains_key(header::UPGRADE) || parts.method == Method::CONNECT;
+        let tunnel = head.headers.contains_key(header::UPGRADE) || *head.method == Method::CONNECT;
         let work = async {
             match body {
                 TryBody::Whole(bytes) if !tunnel => {
-                    self.exchange(&list, authority, &parts, &bytes).await
+                    self.exchange(&list, authority, head, &bytes).await
                 }
                 body => {
-                    let req = Request::from_parts(parts, body.into_proxy_body());
+                    let req = head.to_request(body.into_proxy_body());
                     Box::pin(self.exchange_hyper(authority, req)).await
                 }
             }
@@ -256,12 +284,19 @@ impl Forwarder {
         &self,
         list: &Arc<IdleList>,
         authority: &str,
-        parts: &Parts,
+        head: TryHead<'_>,
         body: &Bytes,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut wire = Vec::with_capacity(512 + body.len());
-        h1::encode_request(&mut wire, &parts.method, &parts.uri, &parts.headers, body);
-        let head_request = parts.method == Method::HEAD;
+        h1::encode_request(
+            &mut wire,
+            head.method,
+            head.uri,
+            head.headers,
+            head.host,
+            body,
+        );
+        let head_request = *head.method == Method::HEAD;
         loop {
             let reused = list.checkout(Instant::now(), self.shared.idle_timeout);
             let fresh = reused.is_none();
@@ -289,7 +324,7 @@ impl Forwarder {
                 }
                 // A keep-alive connection the backend closed as the request went out: it was
                 // never processed, as far as anything can tell, so an idempotent one goes again.
-                Err(HeadError::Closed) if !fresh && idempotent(&parts.method) => continue,
+                Err(HeadError::Closed) if !fresh && idempotent(head.method) => continue,
                 Err(_) => return Err(RESET),
             }
         }
@@ -542,6 +577,23 @@ mod tests {
         }
     }
 
+    /// `req` sent through `f` to `addr`, as the proxy sends a try.
+    async fn send(
+        f: &Forwarder,
+        addr: std::net::SocketAddr,
+        req: Request<TryBody>,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let (parts, body) = req.into_parts();
+        let head = TryHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            host: None,
+        };
+        f.send(&addr.to_string(), head, body, timeout).await
+    }
+
     fn get() -> Request<TryBody> {
         request(Method::GET)
     }
@@ -612,10 +664,7 @@ mod tests {
 
     /// GETs `/` from `addr` through `f`, the response's body read to its end.
     async fn fetch(f: &Forwarder, addr: std::net::SocketAddr) -> Result<Bytes, BoxError> {
-        let resp = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let resp = send(f, addr, get(), Duration::from_secs(5)).await.unwrap();
         Ok(resp.into_body().collect().await?.to_bytes())
     }
 
@@ -635,10 +684,7 @@ mod tests {
         let (addr, accepted) = backend(usize::MAX).await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..5 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
+            let resp = send(&f, addr, get(), Duration::from_secs(5)).await.unwrap();
             assert_eq!(f.idle_connections(), 0, "in use until its body is read");
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
@@ -663,10 +709,7 @@ mod tests {
     async fn a_body_dropped_early_takes_its_connection_with_it() {
         let (addr, _) = backend(usize::MAX).await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
-        let resp = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let resp = send(&f, addr, get(), Duration::from_secs(5)).await.unwrap();
         drop(resp);
         assert_eq!(f.idle_connections(), 0);
     }
@@ -675,10 +718,7 @@ mod tests {
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (addr, _) = backend(usize::MAX).await;
         let f = Forwarder::new(&timeouts(Duration::from_millis(200)));
-        let resp = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let resp = send(&f, addr, get(), Duration::from_secs(5)).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(f.idle_connections(), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -694,8 +734,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let e = f
-            .send(&port.to_string(), get(), Duration::from_secs(5))
+        let e = send(&f, port, get(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(e, SendError::Try(TryError::Connect));
@@ -708,8 +747,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let e = f
-            .send(&addr.to_string(), get(), Duration::from_millis(200))
+        let e = send(&f, addr, get(), Duration::from_millis(200))
             .await
             .unwrap_err();
         assert_eq!(e, SendError::Try(TryError::Timeout));
@@ -762,10 +800,7 @@ mod tests {
         });
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
         for _ in 0..2 {
-            let resp = f
-                .send(&addr.to_string(), get(), Duration::from_secs(5))
-                .await
-                .unwrap();
+            let resp = send(&f, addr, get(), Duration::from_secs(5)).await.unwrap();
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.headers()["x-a"], "1");
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -802,13 +837,7 @@ mod tests {
             2,
             "the GET went again on a new connection"
         );
-        let resp = f
-            .send(
-                &addr.to_string(),
-                request(Method::POST),
-                Duration::from_secs(5),
-            )
-            .await;
+        let resp = send(&f, addr, request(Method::POST), Duration::from_secs(5)).await;
         // The pooled connection from the last GET is the stale one now.
         assert_eq!(resp.unwrap_err(), SendError::Try(TryError::Reset));
     }
@@ -823,10 +852,7 @@ mod tests {
                 .header("host", "test")
                 .body(TryBody::Stream(body))
                 .unwrap();
-            let resp = f
-                .send(&addr.to_string(), req, Duration::from_secs(5))
-                .await
-                .unwrap();
+            let resp = send(&f, addr, req, Duration::from_secs(5)).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
             assert_eq!(f.idle_connections(), 0);
@@ -838,8 +864,7 @@ mod tests {
     async fn garbage_and_a_broken_body_are_failures() {
         let (addr, _) = scripted(|_| Some(&b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..])).await;
         let f = Forwarder::new(&timeouts(Duration::from_secs(60)));
-        let e = f
-            .send(&addr.to_string(), get(), Duration::from_secs(5))
+        let e = send(&f, addr, get(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(e, SendError::Try(TryError::Reset));

@@ -8,7 +8,7 @@
 //! request's own task costs the syscalls and little else.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -33,20 +33,26 @@ impl std::fmt::Display for WireError {
 impl std::error::Error for WireError {}
 
 /// Appends the request head (and `body`) to `out`. `headers` are forwarded as they are but for
-/// the framing ones, which this writes for `body`.
+/// the framing ones, which this writes for `body`, and Host when `host` replaces it.
 pub fn encode_request(
     out: &mut Vec<u8>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    host: Option<&HeaderValue>,
     body: &[u8],
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (host.is_some() && name == HOST) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -393,7 +399,14 @@ mod tests {
 
     fn encoded(method: Method, uri: &str, headers: &HeaderMap, body: &[u8]) -> String {
         let mut out = Vec::new();
-        encode_request(&mut out, &method, &uri.parse().unwrap(), headers, body);
+        encode_request(
+            &mut out,
+            &method,
+            &uri.parse().unwrap(),
+            headers,
+            None,
+            body,
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -407,6 +420,21 @@ mod tests {
         assert_eq!(
             encoded(Method::POST, "/p?q=1", &headers, b"hello"),
             "POST /p?q=1 HTTP/1.1\r\nhost: b:80\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        let mut out = Vec::new();
+        let backend = HeaderValue::from_static("10.0.0.1:8080");
+        encode_request(
+            &mut out,
+            &Method::GET,
+            &Uri::from_static("/"),
+            &headers,
+            Some(&backend),
+            b"",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-a: 2\r\n\r\n",
+            "the backend's Host replaces the client's"
         );
         let none = HeaderMap::new();
         assert_eq!(

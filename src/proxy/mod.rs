@@ -25,13 +25,13 @@ use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use body::{boxed, text, HoldBody, LeasedBody, ProxyBody};
-use forward::{Forwarder, SendError, TryError};
+use forward::{Forwarder, SendError, TryError, TryHead};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Empty, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use ractor::ActorRef;
-use replay::{RequestBody, TryBody};
+use replay::RequestBody;
 use route::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,17 +85,14 @@ struct TryTemplate {
 }
 
 impl TryTemplate {
-    /// The request of one try; `host` replaces the client's Host when set.
-    fn request(&self, body: TryBody, host: Option<&HeaderValue>) -> Request<TryBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers.clone();
-        if let Some(v) = host {
-            req.headers_mut().insert(header::HOST, v.clone());
+    /// What one try sends but its body; `host` replaces the client's Host when set.
+    fn head<'a>(&'a self, host: Option<&'a HeaderValue>) -> TryHead<'a> {
+        TryHead {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            host,
         }
-        req
     }
 }
 
@@ -302,7 +299,8 @@ impl Proxy {
                 .forwarder
                 .send(
                     lease.authority(),
-                    template.request(try_body, host),
+                    template.head(host),
+                    try_body,
                     upstream.timeouts.response.min(remaining),
                 )
                 .await;
