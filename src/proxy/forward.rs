@@ -229,11 +229,11 @@ impl Forwarder {
         body: TryBody,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
-        let list = self.idle_list(authority);
         let tunnel = head.headers.contains_key(header::UPGRADE) || *head.method == Method::CONNECT;
         let work = async {
             match body {
                 TryBody::Whole(bytes) if !tunnel => {
+                    let list = self.idle_list(authority);
                     self.exchange(&list, authority, head, &bytes).await
                 }
                 body => {
@@ -249,7 +249,8 @@ impl Forwarder {
     }
 
     /// Idle connections open now, summed over backends.
-    pub fn idle_connections(&self) -> usize {
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
         let backends = self
             .shared
             .backends

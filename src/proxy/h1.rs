@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 /// The most headers a backend's response may carry.
 const MAX_HEADERS: usize = 128;
 /// The largest response head (and chunk-size line, and trailer section) accepted.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Why a backend's bytes are not HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         let keep_alive = version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
             && !matches!(framing, Framing::Close)
-            && !has_token(&headers, CONNECTION, "close");
+            && !super::headers::lists(&headers, CONNECTION, "close");
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -151,16 +151,6 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             keep_alive,
         }));
     }
-}
-
-/// Whether a comma-separated header lists `token`.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).

@@ -28,6 +28,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// The comma-separated tokens of every `name` header, trimmed, empty ones skipped.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a comma-separated header (`Connection`, say) lists `token`, in any case.
+pub fn lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Drops the hop-by-hop headers and any header the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds what to drop; most messages carry none, and then nothing
@@ -41,13 +57,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if drop.is_empty() {
         return;
     }
-    let listed = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-    drop.extend(listed.collect::<Vec<_>>());
+    let listed: Vec<HeaderName> = tokens(headers, CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    drop.extend(listed);
     for name in drop {
         headers.remove(name);
     }

@@ -19,14 +19,7 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let asks = req
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !asks {
+    if !super::headers::lists(req.headers(), CONNECTION, "upgrade") {
         return None;
     }
     req.headers().get(UPGRADE).cloned()
