@@ -166,6 +166,10 @@ async fn a_slow_backend_shows_its_ewma_rise_and_its_weight_fall() {
     let _ = paced(server.proxy_addr(), 100, secs(1.0)).await;
     let before = scrape(server.admin_addr()).await;
     bs[2].set_fault(Fault::latency(Duration::from_millis(300)));
+    // A burst of 30 at once first: it takes several of them before any answers, and it takes
+    // two slow answers in a row to be believed as a peak (one alone is folded in, and what it
+    // costs the backend would keep the balancer from asking it again for a while).
+    let _ = paced(server.proxy_addr(), 100_000, secs(0.0003)).await;
     let _ = paced(server.proxy_addr(), 100, secs(2.0)).await;
     let after = scrape(server.admin_addr()).await;
     let slow = bs[2].addr();

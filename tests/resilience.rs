@@ -29,6 +29,37 @@ async fn slow_backend_gets_under_10_percent_once_the_ewma_settles() {
 }
 
 #[tokio::test]
+async fn one_slow_answer_does_not_cost_a_healthy_backend_its_share() {
+    let _timed = one_at_a_time().await;
+    let bs = backends(3).await;
+    // The default time constant: a lone peak, if believed, would take ~10 s to fade.
+    let t = Tuning {
+        adaptive: "ewma_decay = \"10s\"\nslow_start = \"1s\"\nmin_weight_ratio = 0.05\n".into(),
+        ..Tuning::default()
+    };
+    let server = start(&tuned(&bs, &t)).await;
+    let _ = paced(server.proxy_addr(), 100, secs(1.0)).await;
+    // b1 answers exactly one request 40 ms late (a pause of the backend or of the machine): the
+    // requests go one at a time, and the fault is lifted as soon as b1 has taken one.
+    bs[1].set_fault(Fault::latency(Duration::from_millis(40)));
+    let c = client();
+    let from = bs[1].requests();
+    for _ in 0..100 {
+        get(&c, server.proxy_addr(), "/", None).await;
+        if bs[1].requests() > from {
+            break;
+        }
+    }
+    bs[1].set_fault(Fault::OK);
+    assert_eq!(bs[1].requests(), from + 1);
+    let records = paced(server.proxy_addr(), 100, secs(2.0)).await;
+    assert!(records.iter().all(|r| r.status == 200));
+    let share = served_by(&records, "b1") as f64 / records.len() as f64;
+    assert!(share > 0.2, "b1's share after one slow answer: {share}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn errors_open_the_breaker_on_the_rate() {
     let _timed = one_at_a_time().await;
     let bs = backends(3).await;

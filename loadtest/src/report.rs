@@ -9,7 +9,7 @@
 //! - **Time to recover**: from the last recovery event to the recovered backend's first try; for
 //!   `all`, to the first 2xx answer.
 
-use crate::run::{Applied, Record, Run, Sample, SAMPLE_PERIOD};
+use crate::run::{Applied, Record, Run, Sample, View, SAMPLE_PERIOD};
 use crate::scenario::ShareUntil;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -40,6 +40,8 @@ pub struct Share {
     pub share: f64,
     /// Second by second.
     pub per_second: Vec<f64>,
+    /// fulcrum's view of it at the end of each second (the last /status reading in it).
+    pub view_per_second: Vec<Option<View>>,
 }
 
 /// One expectation, judged.
@@ -118,6 +120,12 @@ fn picks_at(samples: &[Sample], t: Duration) -> &[u64] {
     samples
         .get(i.saturating_sub(1))
         .map_or(&[][..], |s| &s.picks[..])
+}
+
+/// fulcrum's view of backend `b` in the last sample at or before `t`.
+fn view_at(samples: &[Sample], b: usize, t: Duration) -> Option<View> {
+    let i = samples.partition_point(|s| s.t <= t);
+    samples.get(i.checked_sub(1)?)?.views.get(b)?.clone()
 }
 
 /// Backend `b`'s share of the tries made in `[from, to)`; None when there were none.
@@ -204,6 +212,9 @@ impl Report {
                         )
                         .unwrap_or(0.0)
                     })
+                    .collect(),
+                view_per_second: (0..seconds)
+                    .map(|k| view_at(samples, b, Duration::from_secs(k + 1)))
                     .collect(),
             })
             .collect();
@@ -546,6 +557,27 @@ impl Report {
             }
             let _ = writeln!(o, "{:>8.2}", ok * 100.0);
         }
+        if !self.pass {
+            // What the shares followed from: enough to tell a stuck estimate from an ejection.
+            let _ = writeln!(
+                o,
+                "  fulcrum's view at the end of each second: weight, latency estimate ms, in flight, state"
+            );
+            for k in 0..self.success_per_second.len() {
+                let _ = write!(o, "  {:>8} s ", k);
+                for b in &self.backends {
+                    let cell = match b.view_per_second.get(k).cloned().flatten() {
+                        Some(v) => format!(
+                            "{}: {:.3} {:.1} {} {}",
+                            b.backend, v.weight, v.ewma_ms, v.inflight, v.state
+                        ),
+                        None => format!("{}: -", b.backend),
+                    };
+                    let _ = write!(o, " {cell:<26}");
+                }
+                let _ = writeln!(o);
+            }
+        }
         for c in &self.checks {
             let _ = writeln!(
                 o,
@@ -635,6 +667,7 @@ mod tests {
             .map(|(i, p)| Sample {
                 t: SAMPLE_PERIOD * i as u32,
                 picks: p.to_vec(),
+                views: Vec::new(),
                 rss_kib: None,
             })
             .collect()
@@ -667,5 +700,59 @@ mod tests {
         // Never detected when it keeps getting tries.
         let s = samples(&(0..30).map(|i| [i * 10, i * 10]).collect::<Vec<_>>());
         assert_eq!(detect(&s, 1, Duration::ZERO, Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn a_failed_run_shows_fulcrum_s_view_of_each_backend() {
+        let scenario: crate::scenario::Scenario = toml::from_str(
+            "[backends]\ncount = 2\n[load]\nrate = 10\nduration = \"2s\"\n\
+             [expect]\nmin_final_share = 0.4\nfinal_window = \"1s\"\n",
+        )
+        .unwrap();
+        let view = |weight, ewma_ms| View {
+            weight,
+            ewma_ms,
+            inflight: 0,
+            state: "closed".into(),
+        };
+        // b1 gets a fifth of the tries; fulcrum's view says why: a high estimate, a low weight.
+        let samples = (0..=20u64)
+            .map(|i| Sample {
+                t: SAMPLE_PERIOD * i as u32,
+                picks: vec![i * 4, i],
+                views: vec![Some(view(1.0, 2.5)), Some(view(0.1, 24.0))],
+                rss_kib: None,
+            })
+            .collect();
+        let records = (0..20)
+            .map(|i| Record {
+                sent: Duration::from_millis(i * 100),
+                latency: Duration::from_millis(3),
+                status: 200,
+                error: None,
+            })
+            .collect();
+        let mut run = Run {
+            scenario,
+            quick: false,
+            records,
+            samples,
+            events: Vec::new(),
+            duplicates: 0,
+            retries: BTreeMap::new(),
+            upstream_failures: BTreeMap::new(),
+            clean_exit: true,
+            log: "fulcrum.log".into(),
+        };
+        let report = Report::new(&run);
+        assert!(!report.pass);
+        let text = report.text();
+        assert!(text.contains("fulcrum's view"), "{text}");
+        assert!(text.contains("b1: 0.100 24.0 0 closed"), "{text}");
+        // A passing run keeps its report short.
+        run.scenario.expect.min_final_share = None;
+        let report = Report::new(&run);
+        assert!(report.pass, "{}", report.text());
+        assert!(!report.text().contains("fulcrum's view"));
     }
 }

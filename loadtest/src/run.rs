@@ -80,8 +80,39 @@ pub struct Sample {
     pub t: Duration,
     /// Tries handed to each backend since fulcrum started (b0, b1, ...).
     pub picks: Vec<u64>,
+    /// What fulcrum made of each backend (b0, b1, ...); None if /status did not list it.
+    pub views: Vec<Option<View>>,
     /// fulcrum's resident memory, KiB (Linux).
     pub rss_kib: Option<u64>,
+}
+
+/// fulcrum's view of one backend in a /status reading: what its share follows from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct View {
+    /// The dynamic weight.
+    pub weight: f64,
+    /// The latency estimate, milliseconds.
+    pub ewma_ms: f64,
+    /// Requests in flight to it.
+    pub inflight: u64,
+    /// `closed`, `open`, `half_open`, or `down` when its probes fail.
+    pub state: String,
+}
+
+impl View {
+    fn parse(b: &serde_json::Value) -> Option<View> {
+        let state = if b["probes_passing"].as_bool() == Some(false) {
+            "down".to_string()
+        } else {
+            b["circuit_state"].as_str()?.to_string()
+        };
+        Some(View {
+            weight: b["weight"].as_f64()?,
+            ewma_ms: b["ewma_latency_seconds"].as_f64()? * 1000.0,
+            inflight: b["inflight"].as_u64()?,
+            state,
+        })
+    }
 }
 
 /// A timeline event as applied.
@@ -432,19 +463,23 @@ async fn read_sample(
     let t = start.elapsed();
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     let listed = v["upstreams"][0]["backends"].as_array()?;
-    let picks = addrs
+    let entries: Vec<Option<&serde_json::Value>> = addrs
         .iter()
         .map(|a| {
             listed
                 .iter()
                 .find(|b| b["address"].as_str() == Some(&a.to_string()))
-                .and_then(|b| b["picks"].as_u64())
-                .unwrap_or(0)
         })
         .collect();
+    let picks = entries
+        .iter()
+        .map(|b| b.and_then(|b| b["picks"].as_u64()).unwrap_or(0))
+        .collect();
+    let views = entries.iter().map(|b| b.and_then(View::parse)).collect();
     Some(Sample {
         t,
         picks,
+        views,
         rss_kib: rss_kib(pid),
     })
 }
