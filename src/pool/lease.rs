@@ -130,12 +130,12 @@ impl Lease {
         self.shared.inflight()
     }
 
-    /// Tells the backend's actor how the request went: queued, with a message only when none
-    /// is on its way already. The request path never waits.
-    pub fn report(&self, outcome: Outcome) {
+    /// Tells the backend's actor how the request went, as of `now`: queued, with a message only
+    /// when none is on its way already. The request path never waits.
+    pub fn report(&self, outcome: Outcome, now: Instant) {
         self.shared
             .last_answer
-            .store(self.shared.stamp(Instant::now()), Ordering::Relaxed);
+            .store(self.shared.stamp(now), Ordering::Relaxed);
         self.shared.metrics.outcome(outcome.kind, outcome.latency);
         if self.shared.outcomes.push(outcome) && self.actor.cast(BackendMsg::Outcomes).is_err() {
             // This lease's actor died since the pick. Its successor drains when it starts; for

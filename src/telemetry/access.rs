@@ -88,6 +88,11 @@ impl Access {
         }
     }
 
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The request's id.
     pub fn request_id(&self) -> &HeaderValue {
         &self.request_id
