@@ -123,7 +123,9 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             .map(|h| (at(h.name.as_bytes()), at(h.value)))
             .collect();
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Room for the two fulcrum adds to every response (Via, X-Request-Id): growing the map
+        // for them reallocated it, ~1% of the request path's CPU.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 2);
         for (name, value) in spans {
             let name = HeaderName::from_bytes(&head[name]).map_err(|_| WireError::Malformed)?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
