@@ -309,7 +309,7 @@ impl Forwarder {
             let mut conn = match reused {
                 Some(c) => c,
                 // Boxed: a connect is rare once the pool is warm, and its future would
-                // otherwise make every request's future (boxed per request) larger.
+                // otherwise make every request's future (moved into hyper's slot) larger.
                 None => Box::pin(self.connect(authority)).await?,
             };
             if conn.stream.write_all(&wire).await.is_err() {
