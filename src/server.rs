@@ -342,16 +342,12 @@ async fn serve<H: Handler>(
             _ = until_true(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = connection::serve(
-            stream,
-            client,
-            handler.clone(),
-            builders.clone(),
-            stopped.clone(),
-            limits,
-        );
+        let (handler, builders, stopped) = (handler.clone(), builders.clone(), stopped.clone());
+        // The connection's future is made inside the task's, not moved into it: moved in, the
+        // task held it twice (as what it captured and as what it awaits), 2.1 KiB instead of
+        // 1.1 KiB for every connection, parked or not.
         conns.spawn(async move {
-            conn.await;
+            connection::serve(stream, client, handler, builders, stopped, limits).await;
             drop(permit);
         });
     }
