@@ -27,8 +27,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// An HTTP/1.1 connection with no request for this long is parked.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
+/// An HTTP/1.1 connection with no request for this long is parked. Short, because until then
+/// it holds hyper's buffers, and glibc keeps the heap those had: at 100 ms, 10,000 keep-alive
+/// clients opened in a burst cost 45–50 MiB, at 20 ms 23–25 MiB. A client that pauses between
+/// 20 and 100 ms pays for a new hyper connection per request instead (measured: 3 µs of CPU).
+pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// What an HTTP/2 connection must start with (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
