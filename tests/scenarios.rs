@@ -28,6 +28,14 @@ async fn holds(name: &str) {
     let run = run::run(&scenario, true, &opts)
         .await
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+    // What a failed report shows of fulcrum's state is read from the real /status: it must be
+    // there for every backend, or a failure in CI would say nothing of why.
+    assert!(
+        run.samples
+            .last()
+            .is_some_and(|s| !s.views.is_empty() && s.views.iter().all(Option::is_some)),
+        "{name}: /status gave no view of some backend"
+    );
     let report = Report::new(&run);
     assert!(report.pass, "{}", report.text());
 }
