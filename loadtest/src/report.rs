@@ -114,18 +114,20 @@ pub struct Report {
     pub pass: bool,
 }
 
-/// The tries per backend of the last sample at or before `t` (the first sample before any).
-fn picks_at(samples: &[Sample], t: Duration) -> &[u64] {
+/// The last sample at or before `t` (the first sample before any).
+fn sample_at(samples: &[Sample], t: Duration) -> Option<&Sample> {
     let i = samples.partition_point(|s| s.t <= t);
-    samples
-        .get(i.saturating_sub(1))
-        .map_or(&[][..], |s| &s.picks[..])
+    samples.get(i.saturating_sub(1))
 }
 
-/// fulcrum's view of backend `b` in the last sample at or before `t`.
+/// The tries per backend of [`sample_at`] `t`.
+fn picks_at(samples: &[Sample], t: Duration) -> &[u64] {
+    sample_at(samples, t).map_or(&[][..], |s| &s.picks[..])
+}
+
+/// fulcrum's view of backend `b` in [`sample_at`] `t`.
 fn view_at(samples: &[Sample], b: usize, t: Duration) -> Option<View> {
-    let i = samples.partition_point(|s| s.t <= t);
-    samples.get(i.checked_sub(1)?)?.views.get(b)?.clone()
+    sample_at(samples, t)?.views.get(b)?.clone()
 }
 
 /// Backend `b`'s share of the tries made in `[from, to)`; None when there were none.

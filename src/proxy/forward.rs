@@ -291,7 +291,7 @@ impl Forwarder {
         authority: &str,
         head: TryHead<'_>,
         body: &Bytes,
-        mut now: Instant,
+        now: Instant,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut wire = Vec::with_capacity(512 + body.len());
         h1::encode_request(
@@ -303,7 +303,10 @@ impl Forwarder {
             body,
         );
         let head_request = *head.method == Method::HEAD;
+        // The caller's reading serves the first checkout; a resend reads the clock again.
+        let mut first = Some(now);
         loop {
+            let now = first.take().unwrap_or_else(Instant::now);
             let reused = list.checkout(now, self.shared.idle_timeout);
             let fresh = reused.is_none();
             let mut conn = match reused {
@@ -317,7 +320,6 @@ impl Forwarder {
                 if fresh {
                     return Err(RESET);
                 }
-                now = Instant::now();
                 continue;
             }
             match read_head(&mut conn, head_request).await {
@@ -331,10 +333,7 @@ impl Forwarder {
                 }
                 // A keep-alive connection the backend closed as the request went out: it was
                 // never processed, as far as anything can tell, so an idempotent one goes again.
-                Err(HeadError::Closed) if !fresh && idempotent(head.method) => {
-                    now = Instant::now();
-                    continue;
-                }
+                Err(HeadError::Closed) if !fresh && idempotent(head.method) => continue,
                 Err(_) => return Err(RESET),
             }
         }
