@@ -91,15 +91,24 @@ async fn errors_make_the_weight_fall() {
     let _timed = one_at_a_time().await;
     let bs = backends(3).await;
     bs[2].set_fault(Fault::errors(0.5, 503));
-    let server = start(&tuned(&bs, &Tuning::default())).await;
+    // The breaker kept out of it (it would trip on the rate): the weight alone must do it.
+    let t = Tuning {
+        breaker: "consecutive_failures = 1000\nfailure_rate = 1.0\n".into(),
+        ..Tuning::default()
+    };
+    let server = start(&tuned(&bs, &t)).await;
     let records = paced(server.proxy_addr(), 150, secs(2.0)).await;
     let s = pool_status(&server).await;
+    assert_eq!(s.backends[2].circuit_opens, 0, "{s:#?}");
     // Adaptive samples it so sparsely (a few picks a second) that its success estimate swings
-    // with each outcome; its weight and its share are what must fall.
-    let b2 = &s.backends[2];
-    if b2.healthy {
-        assert!(b2.weight < 0.5 * s.backends[0].weight, "{s:#?}");
-    }
+    // with each outcome; its weight and its share are what must fall. A failure counts as twice
+    // the latency estimate, so after two in a row b2 costs twice the others and loses every duel
+    // until that estimate decays: its weight rests just under half of theirs (latency factor ½),
+    // lower while its success estimate is down. Sampled every 100 ms in the second second of 40
+    // runs: at most 0.49 of b0's weight in 399 readings of 400, 0.501 in one (and 0.503 once in
+    // CI) with the breaker on; 0.501 at most in 25 more with it off. The bound sits above that
+    // resting point rather than on it.
+    assert!(s.backends[2].weight < 0.6 * s.backends[0].weight, "{s:#?}");
     let share = served_by(&records, "b2") as f64 / records.len() as f64;
     assert!(share < 0.1, "b2 share {share}");
     server.shutdown().await;
