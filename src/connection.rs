@@ -8,6 +8,7 @@
 //! keep-alive handling does; a busy connection is never parked.
 
 use crate::proxy::body::{HoldBody, ProxyBody};
+use crate::race::{race, Won};
 use crate::server::Handler;
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
 use bytes::{Buf, Bytes};
@@ -173,51 +174,55 @@ async fn serve_h1<H: Handler>(
             .serve_connection(watchdog.io(TokioIo::new(io)), serve.service())
             .with_upgrades(),
     );
-    let mut closing = false;
+    // The clocks and the stop signal are polled only when they woke the task, not at each of
+    // the connection's wake-ups (see `race`).
+    let won = {
+        // Dropped once the race is over, so that its clocks wake the task no more.
+        let side = std::pin::pin!(async {
+            tokio::select! {
+                expired = watchdog.expired(true) => Some(expired),
+                _ = until_true(stopped) => None,
+            }
+        });
+        race(&mut *conn, side).await
+    };
     let mut parking = false;
-    loop {
-        tokio::select! {
-            result = &mut *conn => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, client = %serve.client, "client connection ended with an error");
+    let result = match won {
+        Won::Main(result) => result,
+        Won::Side(event) => {
+            match event {
+                Some(Expired::Header) => {
+                    tracing::debug!(client = %serve.client, "client too slow to send a request header; closing");
                     return None;
                 }
-                if !parking {
-                    return None;
+                Some(Expired::Park) => {
+                    parking = true;
+                    watchdog.set_parking(true);
                 }
-                watchdog.set_parking(false);
-                tracing::trace!(client = %serve.client, "parked");
-                let parts = conn.into_parts()?;
-                let mut io = parts.io.into_inner().into_inner();
-                // Copied, or an empty `read_buf` would still hold hyper's whole read buffer.
-                io.prefix = if io.prefix.is_empty() && parts.read_buf.is_empty() {
-                    Bytes::new()
-                } else {
-                    [io.prefix, parts.read_buf].concat().into()
-                };
-                return Some(io);
+                Some(Expired::Idle) | None => {}
             }
-            expired = watchdog.expired(true), if !closing => {
-                match expired {
-                    Expired::Header => {
-                        tracing::debug!(client = %serve.client, "client too slow to send a request header; closing");
-                        return None;
-                    }
-                    Expired::Idle => {}
-                    Expired::Park => {
-                        parking = true;
-                        watchdog.set_parking(true);
-                    }
-                }
-                closing = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            _ = until_true(stopped), if !closing => {
-                closing = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
+            Pin::new(&mut *conn).graceful_shutdown();
+            (&mut *conn).await
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, client = %serve.client, "client connection ended with an error");
+        return None;
     }
+    if !parking {
+        return None;
+    }
+    watchdog.set_parking(false);
+    tracing::trace!(client = %serve.client, "parked");
+    let parts = conn.into_parts()?;
+    let mut io = parts.io.into_inner().into_inner();
+    // Copied, or an empty `read_buf` would still hold hyper's whole read buffer.
+    io.prefix = if io.prefix.is_empty() && parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        [io.prefix, parts.read_buf].concat().into()
+    };
+    Some(io)
 }
 
 /// An HTTP/2 connection, never parked (its streams share one connection's state).
@@ -232,28 +237,26 @@ async fn serve_h2<H: Handler>(
     let conn = builders
         .h2
         .serve_connection(watchdog.io(TokioIo::new(stream)), serve.service());
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %client, "client connection ended with an error");
-                }
-                return;
+    let mut conn = std::pin::pin!(conn);
+    let won = {
+        let side = std::pin::pin!(async {
+            tokio::select! {
+                expired = watchdog.expired(false) => Some(expired),
+                _ = until_true(stopped) => None,
             }
-            expired = watchdog.expired(false), if !closing => match expired {
-                Expired::Header => return,
-                Expired::Idle | Expired::Park => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            },
-            _ = until_true(stopped), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+        });
+        race(conn.as_mut(), side).await
+    };
+    let result = match won {
+        Won::Main(result) => result,
+        Won::Side(Some(Expired::Header)) => return,
+        Won::Side(Some(Expired::Idle | Expired::Park) | None) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %client, "client connection ended with an error");
     }
 }
 

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod race;
 pub mod server;
 pub mod telemetry;
 pub mod watchdog;
