@@ -104,6 +104,7 @@ async fn pick(pool: &ractor::ActorRef<PoolMsg>, key: u64) {
                 key,
                 exclude: Vec::new(),
                 retry: None,
+                now: tokio::time::Instant::now(),
                 reply,
             },
             Some(Duration::from_secs(1)),

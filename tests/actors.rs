@@ -23,6 +23,7 @@ async fn pick(pool: &ActorRef<PoolMsg>) -> Lease {
                 key: 0,
                 exclude: Vec::new(),
                 retry: None,
+                now: tokio::time::Instant::now(),
                 reply,
             },
             Some(PATIENCE),

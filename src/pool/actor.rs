@@ -75,11 +75,15 @@ pub enum NoBackend {
 pub enum PoolMsg {
     /// Choose a backend for one try of a request. `key` is its affinity key (hash of the client
     /// IP); `exclude` lists backends this request already tried; `retry` is the reason when this
-    /// is a retry, which the retry budget must allow.
+    /// is a retry, which the retry budget must allow. `now` is the caller's reading of the
+    /// clock as it asks: the pick's policies run on it, so that a try reads the clock once, not
+    /// once more in the actor (0.9% of fulcrum's user time); they all take an instant a little
+    /// older than one they have already seen.
     Pick {
         key: u64,
         exclude: Vec<BackendId>,
         retry: Option<&'static str>,
+        now: Instant,
         reply: RpcReplyPort<Result<Lease, NoBackend>>,
     },
     /// A request could not be retried because its body was too large to keep a copy of.
@@ -308,9 +312,10 @@ impl Actor for PoolActor {
                 key,
                 exclude,
                 retry,
+                now,
                 reply,
             } => {
-                let _ = reply.send(state.pick(key, &exclude, retry, Instant::now()));
+                let _ = reply.send(state.pick(key, &exclude, retry, now));
             }
             PoolMsg::BodyNotReplayable => state.body_too_large += 1,
             PoolMsg::View { id, view } => state.update_view(id, view, Instant::now()),
@@ -673,7 +678,7 @@ impl PoolState {
         if slot.view.circuit == CircuitState::HalfOpen {
             slot.trial_picks += 1;
         }
-        Ok(Lease::new(slot.shared.clone(), actor))
+        Ok(Lease::new(slot.shared.clone(), actor, now))
     }
 
     fn probe_result(&mut self, myself: &ActorRef<PoolMsg>, id: BackendId, pass: bool) {

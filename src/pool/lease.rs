@@ -94,11 +94,16 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(shared: Arc<BackendShared>, actor: ActorRef<BackendMsg>) -> Lease {
+    /// A claim taken at `now` (the pick's instant).
+    pub(crate) fn new(
+        shared: Arc<BackendShared>,
+        actor: ActorRef<BackendMsg>,
+        now: Instant,
+    ) -> Lease {
         if shared.inflight.fetch_add(1, Ordering::Relaxed) == 0 {
             shared
                 .busy_since
-                .store(shared.stamp(Instant::now()), Ordering::Relaxed);
+                .store(shared.stamp(now), Ordering::Relaxed);
         }
         shared.picks.fetch_add(1, Ordering::Relaxed);
         shared.metrics.inflight(true);

@@ -470,6 +470,7 @@ async fn pick(
         key,
         exclude: tried.to_vec(),
         retry,
+        now,
         reply: tx.into(),
     });
     if asked.is_err() {
