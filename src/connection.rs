@@ -178,12 +178,7 @@ async fn serve_h1<H: Handler>(
     // the connection's wake-ups (see `race`).
     let won = {
         // Dropped once the race is over, so that its clocks wake the task no more.
-        let side = std::pin::pin!(async {
-            tokio::select! {
-                expired = watchdog.expired(true) => Some(expired),
-                _ = until_true(stopped) => None,
-            }
-        });
+        let side = std::pin::pin!(ended_from_outside(watchdog, true, stopped));
         race(&mut *conn, side).await
     };
     let mut parking = false;
@@ -225,6 +220,19 @@ async fn serve_h1<H: Handler>(
     Some(io)
 }
 
+/// What ends a connection from outside it, raced against the connection: a clock of its
+/// watchdog (`Some`; the park clock only with `park`) or the server's stop (`None`).
+async fn ended_from_outside(
+    watchdog: &Watchdog,
+    park: bool,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Expired> {
+    tokio::select! {
+        expired = watchdog.expired(park) => Some(expired),
+        _ = until_true(stopped) => None,
+    }
+}
+
 /// An HTTP/2 connection, never parked (its streams share one connection's state).
 async fn serve_h2<H: Handler>(
     stream: TcpStream,
@@ -239,12 +247,7 @@ async fn serve_h2<H: Handler>(
         .serve_connection(watchdog.io(TokioIo::new(stream)), serve.service());
     let mut conn = std::pin::pin!(conn);
     let won = {
-        let side = std::pin::pin!(async {
-            tokio::select! {
-                expired = watchdog.expired(false) => Some(expired),
-                _ = until_true(stopped) => None,
-            }
-        });
+        let side = std::pin::pin!(ended_from_outside(&watchdog, false, stopped));
         race(conn.as_mut(), side).await
     };
     let result = match won {
