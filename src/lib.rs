@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod demo;
+pub mod patience;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -200,6 +200,20 @@ async fn headers_are_rewritten_for_the_backend() {
     assert_eq!(h["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["x-forwarded-host"][0], "app.test");
+    // Each once: fulcrum's values are written beside the client's headers, which lose theirs.
+    for once in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "via",
+    ] {
+        assert_eq!(h[once].as_array().map(Vec::len), Some(1), "{once}: {h}");
+    }
+    assert_eq!(
+        h["x-request-id"][0],
+        a.headers["x-request-id"].to_str().unwrap()
+    );
     for dropped in ["x-hop", "keep-alive", "proxy-authorization"] {
         assert!(h.get(dropped).is_none(), "{dropped} forwarded: {h}");
     }

@@ -16,6 +16,7 @@
 
 use super::body::{BoxError, ProxyBody};
 use super::h1::{self, Decoded, Framing, Head, WireError};
+use super::headers::Added;
 use super::replay::TryBody;
 use crate::config::Timeouts;
 use crate::policy::retry::{idempotent, Failure};
@@ -93,6 +94,8 @@ pub struct TryHead<'a> {
     pub uri: &'a Uri,
     /// The headers, rewritten for the backend.
     pub headers: &'a HeaderMap,
+    /// What fulcrum adds to them.
+    pub added: &'a Added,
     /// Replaces the headers' Host when set.
     pub host: Option<&'a HeaderValue>,
 }
@@ -105,6 +108,7 @@ impl TryHead<'_> {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        self.added.insert_into(req.headers_mut());
         if let Some(v) = self.host {
             req.headers_mut().insert(header::HOST, v.clone());
         }
@@ -299,6 +303,7 @@ impl Forwarder {
             head.method,
             head.uri,
             head.headers,
+            head.added.iter(),
             head.host,
             body,
         );
@@ -593,11 +598,20 @@ mod tests {
         req: Request<TryBody>,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let added = super::super::headers::forward_request(
+            &mut parts.headers,
+            addr.ip(),
+            "http",
+            None,
+            None,
+            HeaderValue::from_static("test"),
+        );
         let head = TryHead {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
+            added: &added,
             host: None,
         };
         f.send(&addr.to_string(), head, body, Instant::now(), timeout)

@@ -32,13 +32,15 @@ impl std::fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Appends the request head (and `body`) to `out`. `headers` are forwarded as they are but for
-/// the framing ones, which this writes for `body`, and Host when `host` replaces it.
-pub fn encode_request(
+/// Appends the request head (and `body`) to `out`. `headers`, then `added`, are forwarded as
+/// they are but for the framing ones, which this writes for `body`, and Host when `host`
+/// replaces it.
+pub fn encode_request<'a>(
     out: &mut Vec<u8>,
     method: &Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    headers: &'a HeaderMap,
+    added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     host: Option<&HeaderValue>,
     body: &[u8],
 ) {
@@ -51,7 +53,7 @@ pub fn encode_request(
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(added) {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (host.is_some() && name == HOST) {
             continue;
         }
@@ -396,6 +398,7 @@ mod tests {
             &method,
             &uri.parse().unwrap(),
             headers,
+            std::iter::empty(),
             None,
             body,
         );
@@ -415,18 +418,27 @@ mod tests {
         );
         let mut out = Vec::new();
         let backend = HeaderValue::from_static("10.0.0.1:8080");
+        let added = [
+            (
+                HeaderName::from_static("x-b"),
+                HeaderValue::from_static("3"),
+            ),
+            (CONTENT_LENGTH, HeaderValue::from_static("99")),
+        ];
         encode_request(
             &mut out,
             &Method::GET,
             &Uri::from_static("/"),
             &headers,
+            added.iter().map(|(n, v)| (n, v)),
             Some(&backend),
             b"",
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-a: 2\r\n\r\n",
-            "the backend's Host replaces the client's"
+            "GET / HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-a: 2\r\nx-b: 3\r\n\r\n",
+            "the backend's Host replaces the client's; added headers come last, framing still \
+             fulcrum's"
         );
         let none = HeaderMap::new();
         assert_eq!(

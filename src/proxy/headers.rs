@@ -1,6 +1,7 @@
 //! Header rewriting between client and backend: hop-by-hop headers (RFC 9110 §7.6.1, plus those
 //! the `Connection` header names) are dropped both ways; `X-Forwarded-For`, `-Proto` and `-Host`
-//! are set on the way in; `Via` is appended both ways.
+//! and `X-Request-Id` are set on the way in, beside the client's map ([`Added`]); `Via` is
+//! appended both ways.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
@@ -13,6 +14,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static REQUEST_ID: HeaderName = crate::telemetry::access::REQUEST_ID;
 
 /// Whether `name` is hop-by-hop: it describes one connection and must not be forwarded.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -66,29 +68,115 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and, when the client
-/// named a host, `X-Forwarded-Host`.
-pub fn set_forwarded(
+/// The headers fulcrum adds to every request it forwards, kept beside the client's header map
+/// rather than inserted into it, and written after the map's: each insert hashes its name, and
+/// these five were 3% of fulcrum's user time. [`forward_request`] makes them.
+#[derive(Debug, Clone)]
+pub struct Added {
+    forwarded_for: HeaderValue,
+    forwarded_proto: HeaderValue,
+    forwarded_host: Option<HeaderValue>,
+    via: Option<HeaderValue>,
+    request_id: HeaderValue,
+}
+
+impl Added {
+    /// Each header, name and value, in the order they are written.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        [
+            Some((&X_FORWARDED_FOR, &self.forwarded_for)),
+            Some((&X_FORWARDED_PROTO, &self.forwarded_proto)),
+            self.forwarded_host.as_ref().map(|v| (&X_FORWARDED_HOST, v)),
+            self.via.as_ref().map(|v| (&VIA, v)),
+            Some((&REQUEST_ID, &self.request_id)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Puts them into `headers`, for a request built whole (hyper's path).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Whether `name` is one of the headers [`Added`] writes.
+fn is_added(name: &HeaderName) -> bool {
+    name == VIA
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == REQUEST_ID
+}
+
+/// Rewrites a client request's headers for a backend: drops the hop-by-hop ones, and returns
+/// what fulcrum adds. The client is appended to `X-Forwarded-For`, `X-Forwarded-Proto` is
+/// `proto`, `X-Forwarded-Host` the host the client named, `via` (`1.1 fulcrum`) is appended to
+/// `Via`, and `X-Request-Id` is `request_id`. Whatever of these the client sent is folded in
+/// and taken out of the map, so that each goes to the backend once.
+pub fn forward_request(
     headers: &mut HeaderMap,
     client: IpAddr,
     proto: &'static str,
     host: Option<&HeaderValue>,
-) {
+    via: Option<HeaderValue>,
+    request_id: HeaderValue,
+) -> Added {
+    // One pass over the names; most requests carry none of these, and then nothing is hashed.
+    let (mut hop, mut ours) = (false, false);
+    for name in headers.keys() {
+        hop |= is_hop_by_hop(name);
+        ours |= is_added(name);
+    }
+    if hop {
+        strip_hop_by_hop(headers);
+    }
     let mut buf = [0u8; 64];
     let client = ip_text(client, &mut buf);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prior}, {client}"))
-        }
-        _ => HeaderValue::from_str(client),
+    let mut added = Added {
+        forwarded_for: HeaderValue::from_str(client).unwrap_or(HeaderValue::from_static("-")),
+        forwarded_proto: HeaderValue::from_static(proto),
+        forwarded_host: host.cloned(),
+        via,
+        request_id,
     };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    if ours {
+        if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {client}")) {
+                added.forwarded_for = v;
+            }
+        }
+        if let (Some(prior), Some(hop)) = (joined(headers, &VIA), &added.via) {
+            added.via = HeaderValue::from_str(&format!("{prior}, {}", hop.to_str().unwrap_or("")))
+                .ok()
+                .or(added.via.take());
+        }
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&REQUEST_ID);
+        // Without a value of fulcrum's, the client's goes through as it is.
+        if added.forwarded_host.is_some() {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if added.via.is_some() {
+            headers.remove(&VIA);
+        }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(v) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), v.clone());
-    }
+    added
+}
+
+/// Every `name` header's value joined with `, `, when there is a non-blank one.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// `ip` as text, written into `buf`: IPv4 by hand, as it is on every request and the
@@ -128,20 +216,11 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// Appends `hop` (`1.1 fulcrum`) to the message's `Via` list (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, hop: HeaderValue) {
-    let prior: Vec<&str> = headers
-        .get_all(VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if prior.is_empty() {
+    let Some(prior) = joined(headers, &VIA) else {
         headers.insert(VIA, hop);
         return;
-    }
-    let joined = format!(
-        "{}, {}",
-        prior.join(", "),
-        hop.to_str().unwrap_or("1.1 fulcrum")
-    );
+    };
+    let joined = format!("{prior}, {}", hop.to_str().unwrap_or("1.1 fulcrum"));
     if let Ok(v) = HeaderValue::from_str(&joined) {
         headers.insert(VIA, v);
     }
@@ -212,14 +291,114 @@ mod tests {
         }
     }
 
+    fn written(added: &Added) -> Vec<(String, String)> {
+        added
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn appends_to_an_existing_forwarded_for() {
+    fn forwarding_headers_are_added_beside_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        let host = HeaderValue::from_static("a.test");
+        let added = forward_request(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some(&host),
+            Some(HeaderValue::from_static("1.1 fulcrum")),
+            HeaderValue::from_static("id-1"),
+        );
+        assert_eq!(h.len(), 1, "only accept stays in the map: {h:?}");
+        assert_eq!(
+            written(&added),
+            pairs(&[
+                ("x-forwarded-for", "127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "a.test"),
+                ("via", "1.1 fulcrum"),
+                ("x-request-id", "id-1"),
+            ])
+        );
+        let added = forward_request(
+            &mut HeaderMap::new(),
+            "::1".parse().unwrap(),
+            "http",
+            None,
+            None,
+            HeaderValue::from_static("id-2"),
+        );
+        assert_eq!(
+            written(&added),
+            pairs(&[
+                ("x-forwarded-for", "::1"),
+                ("x-forwarded-proto", "http"),
+                ("x-request-id", "id-2"),
+            ]),
+            "no host, no via"
+        );
+    }
+
+    #[test]
+    fn what_the_client_sent_of_them_is_folded_in_once() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
+        h.insert("via", HeaderValue::from_static("1.0 fred"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
         let host = HeaderValue::from_static("a.test");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&host));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "a.test");
+        let added = forward_request(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some(&host),
+            Some(HeaderValue::from_static("1.1 fulcrum")),
+            HeaderValue::from_static("abc"),
+        );
+        assert_eq!(h.len(), 1, "the client's copies are taken out: {h:?}");
+        assert_eq!(
+            written(&added),
+            pairs(&[
+                ("x-forwarded-for", "203.0.113.7, 198.51.100.1, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "a.test"),
+                ("via", "1.0 fred, 1.1 fulcrum"),
+                ("x-request-id", "abc"),
+            ])
+        );
+        let mut h = HeaderMap::new();
+        h.insert("via", HeaderValue::from_static("1.0 fred"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("theirs"));
+        let without = forward_request(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            None,
+            None,
+            HeaderValue::from_static("abc"),
+        );
+        assert_eq!(
+            h.len(),
+            2,
+            "with nothing of fulcrum's to add, the client's stay: {h:?}"
+        );
+        assert_eq!(without.iter().count(), 3);
+        let mut map = HeaderMap::new();
+        added.insert_into(&mut map);
+        assert_eq!(map.len(), 5);
+        assert_eq!(map["via"], "1.0 fred, 1.1 fulcrum");
     }
 }

@@ -18,6 +18,7 @@ pub mod route;
 pub mod upgrade;
 
 use crate::config::{Config, Timeouts};
+use crate::patience::patient;
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
@@ -82,6 +83,7 @@ struct TryTemplate {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    added: headers::Added,
 }
 
 impl TryTemplate {
@@ -91,6 +93,7 @@ impl TryTemplate {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
+            added: &self.added,
             host,
         }
     }
@@ -239,10 +242,15 @@ impl Proxy {
         let upstream = &routes.upstreams[index];
         entry.routed(upstream.name.clone(), upstream.metrics.clone());
         let (protocol, mut client_upgrade) = upgrade.unzip();
-        let (mut template, body) = prepare(req, client, host.as_ref(), self.front.via, protocol);
-        template
-            .headers
-            .insert(access::REQUEST_ID, entry.request_id().clone());
+        let request_id = entry.request_id().clone();
+        let (template, body) = prepare(
+            req,
+            client,
+            host.as_ref(),
+            self.front.via,
+            protocol,
+            request_id,
+        );
         let limit = if max_body > 0 {
             usize::try_from(max_body).unwrap_or(usize::MAX)
         } else {
@@ -464,7 +472,7 @@ async fn pick(
     now: Instant,
 ) -> Result<Lease, PickError> {
     // ractor's `call` with a timeout, but timed from the caller's `now` rather than a clock
-    // read of its own.
+    // read of its own, and with no timer armed when the answer comes at once (see `patient`).
     let (tx, rx) = tokio::sync::oneshot::channel();
     let asked = pool.cast(PoolMsg::Pick {
         key,
@@ -476,8 +484,8 @@ async fn pick(
     if asked.is_err() {
         return Err(PickError::NotAnswering);
     }
-    match tokio::time::timeout_at(now + PICK_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => answer.map_err(PickError::NoBackend),
+    match patient(rx, now + PICK_TIMEOUT).await {
+        Some(Ok(answer)) => answer.map_err(PickError::NoBackend),
         _ => Err(PickError::NotAnswering),
     }
 }
@@ -512,21 +520,26 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped
-/// but for an upgrade's, forwarding headers and `Via` set, the client's Host kept), and hands
-/// back its body.
+/// but for an upgrade's, forwarding headers, `Via` and the request id set, the client's Host
+/// kept), and hands back its body.
 fn prepare(
     req: Request<Incoming>,
     client: SocketAddr,
     host: Option<&HeaderValue>,
     add_via: bool,
     upgrade: Option<HeaderValue>,
+    request_id: HeaderValue,
 ) -> (TryTemplate, Incoming) {
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarded(&mut parts.headers, client.ip(), "http", host);
-    if add_via {
-        headers::append_via(&mut parts.headers, via(parts.version));
-    }
+    let hop = add_via.then(|| via(parts.version));
+    let added = headers::forward_request(
+        &mut parts.headers,
+        client.ip(),
+        "http",
+        host,
+        hop,
+        request_id,
+    );
     if let Some(p) = upgrade {
         upgrade::restore(&mut parts.headers, p);
     }
@@ -538,6 +551,7 @@ fn prepare(
         method: parts.method,
         uri: origin_form(parts.uri),
         headers: parts.headers,
+        added,
     };
     (template, body)
 }

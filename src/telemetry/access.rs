@@ -8,7 +8,11 @@
 //! ASCII characters), else 32 random hex digits; it goes to the backend and back to the client.
 
 use super::metrics::{BackendMetrics, UpstreamMetrics};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -36,14 +40,22 @@ fn usable(id: &[u8]) -> bool {
 
 fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
+    let id = IDS.with(|rng| rng.borrow_mut().random::<u128>());
     // By hand rather than `format!`: this runs on every request without an id.
     let mut text = [0u8; 32];
     for (i, digit) in text.iter_mut().enumerate() {
         *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
+    // Owned by its `Bytes` from the start: the id is cloned into the backend's request, the
+    // response and the log, and a copied slice would be copied again on its first clone.
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static("-"))
+}
+
+thread_local! {
+    /// Request ids need to be unique, not secret: a small generator per thread, seeded from the
+    /// OS-seeded one, costs a fraction of rand's default (ChaCha) one per id.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
 /// One request's entry, filled in along the request path; written, with the metrics it feeds,
