@@ -12,6 +12,12 @@
 //! A third, shorter clock says when an HTTP/1 connection has been idle long enough to park it
 //! (hand hyper's buffers back and wait for the next request on the bare socket); while it is
 //! being parked, the IO's shutdown leaves the socket open.
+//!
+//! While a request is in flight, the watchdog looks at each tick of that shortest clock whether
+//! its client has left (closed its side of the connection): a request still in flight a whole
+//! tick after the watchdog first saw it is asked about, so that a client that gave up stops
+//! the request's work (the backend's exchange, its connection) as nginx does, rather than hyper
+//! reading ahead on every request to notice (see `connection`).
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use std::io;
@@ -35,6 +41,8 @@ pub enum Expired {
     Idle,
     /// No request for the park delay: park the connection.
     Park,
+    /// The client left while its request was in flight: close at once.
+    ClientGone,
 }
 
 /// What one client connection is doing, shared by its IO, its service and its watchdog.
@@ -45,6 +53,8 @@ struct State {
     /// When the phase began, ns since `epoch`.
     since: AtomicU64,
     active: AtomicU32,
+    /// Requests started so far, to tell one long request from several short ones.
+    started: AtomicU32,
     /// Being parked: a shutdown of the IO is a no-op.
     parking: AtomicBool,
 }
@@ -79,6 +89,7 @@ impl Watchdog {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            started: AtomicU32::new(0),
             parking: AtomicBool::new(false),
         });
         Watchdog {
@@ -113,6 +124,7 @@ impl Watchdog {
     /// A request started; the returned guard marks its end when dropped (with its response body).
     pub fn request(&self) -> ActiveGuard {
         self.state.active.fetch_add(1, Ordering::Relaxed);
+        self.state.started.fetch_add(1, Ordering::Relaxed);
         // No stamp: no clock runs while a request is active, and the idle clock starts from
         // the stamp its end takes. One clock read less per request.
         self.state.phase.store(ACTIVE, Ordering::Relaxed);
@@ -122,8 +134,9 @@ impl Watchdog {
     }
 
     /// Resolves when the header or the idle clock runs out, or with `park`, the park clock;
-    /// never while a request is active.
-    pub async fn expired(&self, park: bool) -> Expired {
+    /// never while a request is active, unless `gone` says that its client has left (asked
+    /// once per tick of the shortest clock about a request in flight a tick earlier).
+    pub async fn expired(&self, park: bool, gone: impl Fn() -> bool) -> Expired {
         // Nothing wakes this when the phase changes, so it looks again at the shortest clock
         // at the latest.
         let shortest = if park {
@@ -140,7 +153,14 @@ impl Watchdog {
                 IDLE => (self.idle, Expired::Idle),
                 // Active: look again later; the clocks restart when it ends.
                 _ => {
+                    let request = self.state.started.load(Ordering::Relaxed);
                     tokio::time::sleep(shortest).await;
+                    // Most requests end within a tick: only a longer one's client is asked about.
+                    let same = self.state.phase.load(Ordering::Relaxed) == ACTIVE
+                        && self.state.started.load(Ordering::Relaxed) == request;
+                    if same && gone() {
+                        return Expired::ClientGone;
+                    }
                     continue;
                 }
             };
@@ -239,12 +259,57 @@ impl<T: Write + Unpin> Write for WatchedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn never() -> bool {
+        false
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_requests_client_is_asked_after_whether_it_left() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5))
+            .with_park(Duration::from_millis(20));
+        let _guard = w.request();
+        let asked = AtomicUsize::new(0);
+        let t0 = Instant::now();
+        let kind = w
+            .expired(true, || asked.fetch_add(1, Ordering::SeqCst) >= 2)
+            .await;
+        assert_eq!(kind, Expired::ClientGone);
+        // Asked at each tick from the first after the request was seen; left at the third.
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert_eq!(t0.elapsed(), Duration::from_millis(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_requests_clients_are_never_asked() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5))
+            .with_park(Duration::from_millis(20));
+        let asked = AtomicUsize::new(0);
+        let watch = w.clone();
+        let requests = async {
+            // A request every 15 ms, each over within 10: never the same one a tick later.
+            for _ in 0..20 {
+                let guard = w.request();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(guard);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = requests => {}
+            kind = watch.expired(true, || { asked.fetch_add(1, Ordering::SeqCst); true }) => {
+                panic!("expired with {kind:?} while requests came and went")
+            }
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_expires_after_the_idle_timeout() {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         let t0 = Instant::now();
-        assert_eq!(w.expired(false).await, Expired::Idle);
+        assert_eq!(w.expired(false, never).await, Expired::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
     }
 
@@ -253,7 +318,7 @@ mod tests {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         w.state.enter(HEADER);
         let t0 = Instant::now();
-        assert_eq!(w.expired(false).await, Expired::Header);
+        assert_eq!(w.expired(false, never).await, Expired::Header);
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
     }
 
@@ -261,7 +326,8 @@ mod tests {
     async fn a_header_started_while_idle_is_timed_from_its_start() {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(60));
         let watch = w.clone();
-        let expiry = tokio::spawn(async move { (watch.expired(false).await, Instant::now()) });
+        let expiry =
+            tokio::spawn(async move { (watch.expired(false, never).await, Instant::now()) });
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let started = Instant::now();
         w.state.enter(HEADER);
@@ -275,7 +341,8 @@ mod tests {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5));
         let guard = w.request();
         let watch = w.clone();
-        let expiry = tokio::spawn(async move { (watch.expired(false).await, Instant::now()) });
+        let expiry =
+            tokio::spawn(async move { (watch.expired(false, never).await, Instant::now()) });
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!expiry.is_finished());
         let ended = Instant::now();
@@ -293,14 +360,14 @@ mod tests {
         let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5))
             .with_park(Duration::from_millis(500));
         let t0 = Instant::now();
-        assert_eq!(w.expired(true).await, Expired::Park);
+        assert_eq!(w.expired(true, never).await, Expired::Park);
         assert_eq!(t0.elapsed(), Duration::from_millis(500));
         // Parked: only the idle clock, from the same start.
-        assert_eq!(w.expired(false).await, Expired::Idle);
+        assert_eq!(w.expired(false, never).await, Expired::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
         drop(w.request());
         let t1 = Instant::now();
-        assert_eq!(w.expired(true).await, Expired::Park);
+        assert_eq!(w.expired(true, never).await, Expired::Park);
         assert_eq!(t1.elapsed(), Duration::from_millis(500));
     }
 
@@ -310,7 +377,8 @@ mod tests {
             .with_park(Duration::from_millis(100));
         let guard = w.request();
         let watch = w.clone();
-        let expiry = tokio::spawn(async move { (watch.expired(true).await, Instant::now()) });
+        let expiry =
+            tokio::spawn(async move { (watch.expired(true, never).await, Instant::now()) });
         tokio::time::sleep(Duration::from_secs(30)).await;
         let ended = Instant::now();
         drop(guard);

@@ -1,7 +1,8 @@
 //! Client connection limits over real sockets: a slow header is cut (slowloris), an idle
 //! keep-alive connection is closed, and a request in flight is never cut however long it takes;
 //! a head too large is 431, a URI too long 414, a body too large 413 (declared, read ahead or
-//! streamed); connections over `max_connections` wait their turn.
+//! streamed); connections over `max_connections` wait their turn; a client that leaves with its
+//! request in flight ends that request's exchange with the backend.
 
 mod common;
 
@@ -78,6 +79,75 @@ async fn a_request_in_flight_is_never_cut() {
         let a = get(&c, server.proxy_addr(), "/", None).await;
         assert_eq!(a.status, 200);
     }
+    server.shutdown().await;
+}
+
+/// A backend that answers `/slow` never: it reports when the request arrived and when its
+/// connection was closed. Anything else (a health probe) is answered at once.
+async fn hanging_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !head.starts_with(b"GET /slow") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = tx.send("request");
+                // Until the proxy lets go of this exchange (bounded by the test's patience).
+                let _ = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await;
+                let _ = tx.send("closed");
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_ends_its_requests_exchange() {
+    let (backend, mut seen) = hanging_backend().await;
+    let mut cfg = config(&format!(
+        "[[upstreams]]\nname = \"web\"\n[upstreams.timeouts]\nresponse = \"600s\"\n\
+         request = \"600s\"\n[[upstreams.backends]]\naddress = \"{backend}\"\n"
+    ));
+    cfg.listen.idle_timeout = Duration::from_secs(600);
+    let server = start(&cfg).await;
+    let mut s = TcpStream::connect(server.proxy_addr()).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(PATIENCE, seen.recv()).await.unwrap();
+    assert_eq!(next, Some("request"));
+    let left = tokio::time::Instant::now();
+    drop(s);
+    // Without noticing, fulcrum would wait out the response timeout (600 s).
+    let next = tokio::time::timeout(PATIENCE, seen.recv()).await;
+    assert_eq!(
+        next,
+        Ok(Some("closed")),
+        "the backend's exchange outlived its client"
+    );
+    assert!(
+        left.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        left.elapsed()
+    );
     server.shutdown().await;
 }
 

@@ -23,6 +23,10 @@ pub const TARGET: &str = "fulcrum::access";
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The status an entry logs when its client left before the response (nginx's "client closed
+/// request").
+const CLIENT_LEFT: u16 = 499;
+
 /// The longest client-sent request id kept.
 const MAX_ID_LEN: usize = 128;
 
@@ -139,6 +143,17 @@ impl Access {
     }
 }
 
+impl Access {
+    /// The status logged: the response's, or nginx's 499 when the client left before it.
+    fn status(&self) -> u16 {
+        if self.status == 0 {
+            CLIENT_LEFT
+        } else {
+            self.status
+        }
+    }
+}
+
 impl Drop for Access {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
@@ -154,7 +169,7 @@ impl Drop for Access {
             path = %path,
             upstream = %self.upstream.as_ref().map_or("-", |(n, _)| &**n),
             backend = %self.backend.as_deref().unwrap_or("-"),
-            status = self.status,
+            status = self.status(),
             tries = self.tries,
             duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "request"
@@ -165,6 +180,26 @@ impl Drop for Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_whose_client_left_first_logs_499() {
+        let entry = |status: Option<u16>| {
+            let mut e = Access::new(
+                &Method::GET,
+                "/",
+                "127.0.0.1:1".parse().unwrap(),
+                HeaderValue::from_static("id"),
+                false,
+                Instant::now(),
+            );
+            if let Some(s) = status {
+                e.respond(s);
+            }
+            e.status()
+        };
+        assert_eq!(entry(None), 499);
+        assert_eq!(entry(Some(502)), 502);
+    }
 
     #[test]
     fn a_usable_client_id_is_kept_and_anything_else_replaced() {
