@@ -277,6 +277,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Handler for Admin {
+    type Body = ProxyBody;
+
     async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
         if !self.authorised(&req) {
             let mut resp = error(

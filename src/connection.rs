@@ -13,7 +13,7 @@
 //! one), 10% of fulcrum's user time. The watchdog notices instead, asking the socket (no read,
 //! no syscall unless it is readable) about requests in flight longer than a tick of its clock.
 
-use crate::proxy::body::{HoldBody, ProxyBody};
+use crate::proxy::body::HoldBody;
 use crate::race::{race, Won};
 use crate::server::Handler;
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
@@ -301,7 +301,7 @@ impl<H> Clone for Serve<H> {
     }
 }
 
-type Answer = Response<HoldBody<ProxyBody, ActiveGuard>>;
+type Answer<B> = Response<HoldBody<B, ActiveGuard>>;
 
 impl<H: Handler> Serve<H> {
     /// hyper's service for this connection. Through `service_fn` the handler's future keeps its
@@ -312,9 +312,9 @@ impl<H: Handler> Serve<H> {
         &self,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
-        Response = Answer,
+        Response = Answer<H::Body>,
         Error = Infallible,
-        Future = impl Future<Output = Result<Answer, Infallible>> + Send + 'static,
+        Future = impl Future<Output = Result<Answer<H::Body>, Infallible>> + Send + 'static,
     > + Send
            + 'static {
         let serve = self.clone();

@@ -8,9 +8,11 @@ use crate::config::Config;
 use crate::connection::{self, until_true, Builders, Limits};
 use crate::control::{self, Control, ReloadError, Reloaded};
 use crate::pool::PoolMsg;
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{BoxError, HoldBody, ProxyBody};
 use crate::proxy::Proxy;
+use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use ractor::ActorRef;
@@ -48,20 +50,27 @@ pub enum StartError {
 
 /// Something that answers HTTP requests on a listener.
 pub trait Handler: Send + Sync + 'static {
+    /// The response body. Its own type rather than one boxed body for every handler: the
+    /// proxy's wraps the boxed body once more, and boxing that again cost an allocation per
+    /// request.
+    type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
+
     /// Answers one request from `client`.
     fn handle(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 impl Handler for Proxy {
+    type Body = HoldBody<ProxyBody, Access>;
+
     fn handle(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+    ) -> impl Future<Output = Response<Self::Body>> + Send {
         Proxy::handle(self, req, client)
     }
 }

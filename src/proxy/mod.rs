@@ -194,7 +194,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
-    ) -> Response<ProxyBody> {
+    ) -> Response<HoldBody<ProxyBody, Access>> {
         let routes = self.routes.load_full();
         let id = access::request_id(req.headers());
         let mut entry = Access::new(
@@ -209,7 +209,7 @@ impl Proxy {
         let mut resp = self.serve(&routes, req, upgrade, client, &mut entry).await;
         entry.respond(resp.status().as_u16());
         resp.headers_mut().insert(access::REQUEST_ID, id);
-        resp.map(|b| boxed(HoldBody::new(b, entry)))
+        resp.map(|b| HoldBody::new(b, entry))
     }
 
     async fn serve(
