@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::connection::{self, until_true, Builders, Limits};
 use crate::control::{self, Control, ReloadError, Reloaded};
 use crate::pool::PoolMsg;
-use crate::proxy::body::{BoxError, HoldBody, ProxyBody};
+use crate::proxy::body::{AnswerBody, BoxError, HoldBody};
 use crate::proxy::Proxy;
 use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
@@ -50,9 +50,9 @@ pub enum StartError {
 
 /// Something that answers HTTP requests on a listener.
 pub trait Handler: Send + Sync + 'static {
-    /// The response body. Its own type rather than one boxed body for every handler: the
-    /// proxy's wraps the boxed body once more, and boxing that again cost an allocation per
-    /// request.
+    /// The response body. Its own type rather than one boxed body for every handler: boxing
+    /// the proxy's answer (a backend's body, held with its access entry) cost an allocation
+    /// per request.
     type Body: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
 
     /// Answers one request from `client`.
@@ -64,7 +64,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 impl Handler for Proxy {
-    type Body = HoldBody<ProxyBody, Access>;
+    type Body = HoldBody<AnswerBody, Access>;
 
     fn handle(
         &self,

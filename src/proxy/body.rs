@@ -1,5 +1,6 @@
-//! Body types of the proxy: one boxed body for everything the frontend answers, a response body
-//! that holds the backend's lease until the last byte is out, and short plain-text answers.
+//! Body types of the proxy: one boxed body for everything it sends and for its own answers, the
+//! client's answer (a backend's body as it is, or a boxed one), a response body that holds the
+//! backend's lease until the last byte is out, and short plain-text answers.
 
 use super::forward::PooledBody;
 use crate::pool::Lease;
@@ -14,7 +15,7 @@ use std::task::{Context, Poll};
 /// Any error a body may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type of every request sent to a backend and every response sent to a client.
+/// The body type of every request sent to a backend, and of fulcrum's own answers.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Boxes a body into a [`ProxyBody`].
@@ -40,6 +41,45 @@ pub fn text(status: StatusCode, reason: &str) -> Response<ProxyBody> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// What the proxy answers a client with: a backend's body holding its lease, as it is, or
+/// any other body boxed. Not one boxed body for both: the backend's, on nearly every request,
+/// would cost an allocation and a dynamic poll per frame.
+pub enum AnswerBody {
+    /// A backend's response body.
+    Backend(LeasedBody),
+    /// fulcrum's own answers, and upgrades' empty bodies.
+    Other(ProxyBody),
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AnswerBody::Backend(b) => Pin::new(b).poll_frame(cx),
+            AnswerBody::Other(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Backend(b) => b.is_end_stream(),
+            AnswerBody::Other(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AnswerBody::Backend(b) => b.size_hint(),
+            AnswerBody::Other(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A body that holds a value until its last frame is out (or it is dropped): a backend's

@@ -25,7 +25,7 @@ use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
 use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
-use body::{boxed, text, HoldBody, LeasedBody, ProxyBody};
+use body::{boxed, text, AnswerBody, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, SendError, TryError, TryHead};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Empty, Limited};
@@ -103,8 +103,9 @@ impl TryTemplate {
 enum LastFailure {
     /// No response: the answer is fulcrum's own.
     Try(TryError),
-    /// The backend answered a failure status: that answer goes to the client as it is.
-    Response(Response<ProxyBody>),
+    /// The backend answered a failure status: that answer goes to the client as it is. Boxed:
+    /// the request's future holds room for this across every try, and it is rarely needed.
+    Response(Box<Response<AnswerBody>>),
 }
 
 /// The `Via` value fulcrum adds for a message received over `version`.
@@ -194,7 +195,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
-    ) -> Response<HoldBody<ProxyBody, Access>> {
+    ) -> Response<HoldBody<AnswerBody, Access>> {
         let routes = self.routes.load_full();
         let id = access::request_id(req.headers());
         let mut entry = Access::new(
@@ -219,13 +220,13 @@ impl Proxy {
         upgrade: Option<(HeaderValue, OnUpgrade)>,
         client: SocketAddr,
         entry: &mut Access,
-    ) -> Response<ProxyBody> {
+    ) -> Response<AnswerBody> {
         let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if uri_len > self.front.max_uri_bytes {
-            return text(
+            return own(text(
                 StatusCode::URI_TOO_LONG,
                 &format!("the URI is longer than {} bytes", self.front.max_uri_bytes),
-            );
+            ));
         }
         let max_body = self.front.max_body_bytes;
         if max_body > 0 && declared_length(req.headers()).is_some_and(|n| n > max_body) {
@@ -234,10 +235,10 @@ impl Proxy {
         let host = request_host(&req);
         let host_text = host.as_ref().and_then(|h| h.to_str().ok());
         let Some(index) = routes.router.route(host_text, req.uri().path()) else {
-            return text(
+            return own(text(
                 StatusCode::NOT_FOUND,
                 "no upstream matches this host and path",
-            );
+            ));
         };
         let upstream = &routes.upstreams[index];
         entry.routed(upstream.name.clone(), upstream.metrics.clone());
@@ -265,7 +266,7 @@ impl Proxy {
         {
             Ok(b) => b,
             Err(e) if replay::is_body_limit(&*e) => return body_too_large(max_body),
-            Err(_) => return text(StatusCode::BAD_REQUEST, "request body ended abruptly"),
+            Err(_) => return own(text(StatusCode::BAD_REQUEST, "request body ended abruptly")),
         };
         // From the request's arrival, as the access entry has it: the clock is read once for both.
         let deadline = entry.started() + upstream.timeouts.request;
@@ -346,20 +347,20 @@ impl Proxy {
                             (Some(on), Some(p)) => {
                                 upgrade::restore(resp.headers_mut(), p);
                                 self.tunnels.open(on, &mut resp, lease);
-                                resp.map(|_| boxed(Empty::new()))
+                                resp.map(|_| AnswerBody::Other(boxed(Empty::new())))
                             }
                             // A 101 nobody asked for, or without its protocol: nothing to join.
-                            _ => text(
+                            _ => own(text(
                                 StatusCode::BAD_GATEWAY,
                                 "backend switched protocols unasked",
-                            ),
+                            )),
                         };
                     }
-                    let resp = resp.map(|b| boxed(LeasedBody::new(b, lease)));
+                    let resp = resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease)));
                     if !failed {
                         return resp;
                     }
-                    last = Some(LastFailure::Response(resp));
+                    last = Some(LastFailure::Response(Box::new(resp)));
                     Failure::Status(status)
                 }
                 Err(SendError::BodyLimit) => {
@@ -407,18 +408,23 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The answer to a body over `listen.max_body_bytes`.
-fn body_too_large(limit: u64) -> Response<ProxyBody> {
-    text(
+fn body_too_large(limit: u64) -> Response<AnswerBody> {
+    own(text(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the request body is larger than {limit} bytes"),
-    )
+    ))
+}
+
+/// One of fulcrum's own answers, as the client gets it.
+fn own(resp: Response<ProxyBody>) -> Response<AnswerBody> {
+    resp.map(AnswerBody::Other)
 }
 
 /// The client's answer when no try succeeded: the backend's own failure response if there was
 /// one, else fulcrum's short answer for the last failure, else 503 with `reason`.
-fn answer_failure(last: Option<LastFailure>, reason: &str) -> Response<ProxyBody> {
-    match last {
-        Some(LastFailure::Response(resp)) => resp,
+fn answer_failure(last: Option<LastFailure>, reason: &str) -> Response<AnswerBody> {
+    let answer = match last {
+        Some(LastFailure::Response(resp)) => return *resp,
         Some(LastFailure::Try(TryError::Connect)) => {
             text(StatusCode::BAD_GATEWAY, "backend connection failed")
         }
@@ -431,7 +437,8 @@ fn answer_failure(last: Option<LastFailure>, reason: &str) -> Response<ProxyBody
             "backend did not answer in time",
         ),
         None => text(StatusCode::SERVICE_UNAVAILABLE, reason),
-    }
+    };
+    own(answer)
 }
 
 /// The affinity key of a client: a hash of its IP.
