@@ -19,7 +19,7 @@ use crate::config::BackendConfig;
 use crate::control::{AdminError, Control, ReloadError};
 use crate::pool::{AdminState, ChangeError, PoolMsg, UpstreamStatus};
 use crate::proxy::body::{boxed, ProxyBody};
-use crate::server::Handler;
+use crate::server::{Handler, Peer};
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -279,7 +279,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Handler for Admin {
     type Body = ProxyBody;
 
-    async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+        let client = peer.addr();
         if !self.authorised(&req) {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,

@@ -15,7 +15,7 @@
 
 use crate::proxy::body::HoldBody;
 use crate::race::{race, Won};
-use crate::server::Handler;
+use crate::server::{Handler, Peer};
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -103,7 +103,7 @@ pub fn serve<H: Handler>(
         let serve = Serve {
             handler,
             watchdog: watchdog.clone(),
-            client,
+            client: Peer::new(client),
         };
         if !wait_for_request(&stream, &watchdog, &mut stopped).await {
             return;
@@ -200,11 +200,11 @@ async fn serve_h1<H: Handler>(
         Won::Side(event) => {
             match event {
                 Some(Expired::Header) => {
-                    tracing::debug!(client = %serve.client, "client too slow to send a request header; closing");
+                    tracing::debug!(client = %serve.client.addr(), "client too slow to send a request header; closing");
                     return None;
                 }
                 Some(Expired::ClientGone) => {
-                    tracing::debug!(client = %serve.client, "client left with its request in flight; closing");
+                    tracing::debug!(client = %serve.client.addr(), "client left with its request in flight; closing");
                     return None;
                 }
                 Some(Expired::Park) => {
@@ -218,14 +218,14 @@ async fn serve_h1<H: Handler>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, client = %serve.client, "client connection ended with an error");
+        tracing::debug!(error = %e, client = %serve.client.addr(), "client connection ended with an error");
         return None;
     }
     if !parking {
         return None;
     }
     watchdog.set_parking(false);
-    tracing::trace!(client = %serve.client, "parked");
+    tracing::trace!(client = %serve.client.addr(), "parked");
     let parts = conn.into_parts()?;
     let mut io = parts.io.into_inner().into_inner().into_inner()?;
     // Copied, or an empty `read_buf` would still hold hyper's whole read buffer.
@@ -260,7 +260,7 @@ async fn serve_h2<H: Handler>(
     stopped: &mut watch::Receiver<bool>,
 ) {
     let watchdog = serve.watchdog.clone();
-    let client = serve.client;
+    let client = serve.client.addr();
     let conn = builders
         .h2
         .serve_connection(watchdog.io(TokioIo::new(stream)), serve.service());
@@ -288,7 +288,7 @@ async fn serve_h2<H: Handler>(
 struct Serve<H> {
     handler: Arc<H>,
     watchdog: Watchdog,
-    client: SocketAddr,
+    client: Peer,
 }
 
 impl<H> Clone for Serve<H> {
@@ -296,7 +296,7 @@ impl<H> Clone for Serve<H> {
         Serve {
             handler: self.handler.clone(),
             watchdog: self.watchdog.clone(),
-            client: self.client,
+            client: self.client.clone(),
         }
     }
 }
@@ -321,7 +321,7 @@ impl<H: Handler> Serve<H> {
         hyper::service::service_fn(move |req| {
             let handler = serve.handler.clone();
             let guard = serve.watchdog.request();
-            let client = serve.client;
+            let client = serve.client.clone();
             async move {
                 let resp = handler.handle(req, client).await;
                 Ok(resp.map(|b| HoldBody::new(b, guard)))

@@ -9,11 +9,11 @@ use crate::connection::{self, until_true, Builders, Limits};
 use crate::control::{self, Control, ReloadError, Reloaded};
 use crate::pool::PoolMsg;
 use crate::proxy::body::{AnswerBody, BoxError, HoldBody};
-use crate::proxy::Proxy;
+use crate::proxy::{headers, Proxy};
 use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use ractor::ActorRef;
 use std::future::Future;
@@ -59,8 +59,37 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// The client of a connection, as its requests' handler sees it: its address, and that address
+/// as a header value, made once per connection rather than for every request's
+/// `X-Forwarded-For` (an allocation and a formatting each).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            ip: headers::ip_value(addr.ip()),
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its IP address as a header value.
+    pub fn ip(&self) -> &HeaderValue {
+        &self.ip
+    }
 }
 
 impl Handler for Proxy {
@@ -69,7 +98,7 @@ impl Handler for Proxy {
     fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send {
         Proxy::handle(self, req, client)
     }

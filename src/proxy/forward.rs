@@ -601,7 +601,7 @@ mod tests {
         let (mut parts, body) = req.into_parts();
         let added = super::super::headers::forward_request(
             &mut parts.headers,
-            addr.ip(),
+            super::super::headers::ip_value(addr.ip()),
             "http",
             None,
             None,

@@ -118,7 +118,7 @@ fn is_added(name: &HeaderName) -> bool {
 /// and taken out of the map, so that each goes to the backend once.
 pub fn forward_request(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     via: Option<HeaderValue>,
@@ -133,10 +133,8 @@ pub fn forward_request(
     if hop {
         strip_hop_by_hop(headers);
     }
-    let mut buf = [0u8; 64];
-    let client = ip_text(client, &mut buf);
     let mut added = Added {
-        forwarded_for: HeaderValue::from_str(client).unwrap_or(HeaderValue::from_static("-")),
+        forwarded_for: client,
         forwarded_proto: HeaderValue::from_static(proto),
         forwarded_host: host.cloned(),
         via,
@@ -144,6 +142,7 @@ pub fn forward_request(
     };
     if ours {
         if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
+            let client = added.forwarded_for.to_str().unwrap_or("");
             if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {client}")) {
                 added.forwarded_for = v;
             }
@@ -177,6 +176,13 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         .filter(|v| !v.is_empty())
         .collect();
     (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// `ip` as an `X-Forwarded-For` value.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    // An address written out is always a valid header value.
+    HeaderValue::from_str(ip_text(ip, &mut buf)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// `ip` as text, written into `buf`: IPv4 by hand, as it is on every request and the
@@ -309,7 +315,7 @@ mod tests {
         let host = host.map(HeaderValue::from_static);
         forward_request(
             h,
-            client.parse().unwrap(),
+            ip_value(client.parse().unwrap()),
             "http",
             host.as_ref(),
             via.then(|| HeaderValue::from_static("1.1 fulcrum")),

@@ -22,6 +22,7 @@ use crate::patience::patient;
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
+use crate::server::Peer;
 use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
@@ -194,20 +195,20 @@ impl Proxy {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        client: SocketAddr,
+        client: Peer,
     ) -> Response<HoldBody<AnswerBody, Access>> {
         let routes = self.routes.load_full();
         let id = access::request_id(req.headers());
         let mut entry = Access::new(
             req.method(),
             req.uri().path(),
-            client,
+            client.addr(),
             id.clone(),
             routes.access_log,
             Instant::now(),
         );
         let upgrade = upgrade::requested(&req).map(|p| (p, hyper::upgrade::on(&mut req)));
-        let mut resp = self.serve(&routes, req, upgrade, client, &mut entry).await;
+        let mut resp = self.serve(&routes, req, upgrade, &client, &mut entry).await;
         entry.respond(resp.status().as_u16());
         resp.headers_mut().insert(access::REQUEST_ID, id);
         resp.map(|b| HoldBody::new(b, entry))
@@ -218,7 +219,7 @@ impl Proxy {
         routes: &Routes,
         req: Request<Incoming>,
         upgrade: Option<(HeaderValue, OnUpgrade)>,
-        client: SocketAddr,
+        client: &Peer,
         entry: &mut Access,
     ) -> Response<AnswerBody> {
         let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -246,7 +247,7 @@ impl Proxy {
         let request_id = entry.request_id().clone();
         let (template, body) = prepare(
             req,
-            client,
+            client.ip().clone(),
             host.as_ref(),
             self.front.via,
             protocol,
@@ -270,8 +271,11 @@ impl Proxy {
         };
         // From the request's arrival, as the access entry has it: the clock is read once for both.
         let deadline = entry.started() + upstream.timeouts.request;
-        let key = client_key(client);
+        let key = client_key(client.addr());
+        // The backends tried, for the next pick to avoid: filled only when a retry follows, so
+        // that a request answered at its first try allocates nothing for it.
         let mut tried: Vec<BackendId> = Vec::new();
+        let mut tries = 0usize;
         let mut last: Option<LastFailure> = None;
         let mut retry_reason: Option<&'static str> = None;
         loop {
@@ -300,7 +304,8 @@ impl Proxy {
                 // A one-shot body went with an earlier try; `may_retry` prevents getting here.
                 return answer_failure(last, "request body cannot be sent again");
             };
-            tried.push(lease.id());
+            let id = lease.id();
+            tries += 1;
             entry.try_to(lease.authority().clone());
             let host = if upstream.preserve_host {
                 None
@@ -381,14 +386,17 @@ impl Proxy {
                     e.failure()
                 }
             };
-            if tried.len() > upstream.retry.attempts() as usize {
+            if tries > upstream.retry.attempts() as usize {
                 return answer_failure(last, "");
             }
             match upstream
                 .retry
                 .may_retry(failure, &template.method, body.replayable())
             {
-                Ok(()) => retry_reason = Some(failure.reason()),
+                Ok(()) => {
+                    retry_reason = Some(failure.reason());
+                    tried.push(id);
+                }
                 Err(NoRetry::BodyNotReplayable) => {
                     let _ = upstream.pool.cast(PoolMsg::BodyNotReplayable);
                     return answer_failure(last, "");
@@ -531,7 +539,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// kept), and hands back its body.
 fn prepare(
     req: Request<Incoming>,
-    client: SocketAddr,
+    client: HeaderValue,
     host: Option<&HeaderValue>,
     add_via: bool,
     upgrade: Option<HeaderValue>,
@@ -539,14 +547,7 @@ fn prepare(
 ) -> (TryTemplate, Incoming) {
     let (mut parts, body) = req.into_parts();
     let hop = add_via.then(|| via(parts.version));
-    let added = headers::forward_request(
-        &mut parts.headers,
-        client.ip(),
-        "http",
-        host,
-        hop,
-        request_id,
-    );
+    let added = headers::forward_request(&mut parts.headers, client, "http", host, hop, request_id);
     if let Some(p) = upgrade {
         upgrade::restore(&mut parts.headers, p);
     }
