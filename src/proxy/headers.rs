@@ -141,16 +141,15 @@ pub fn forward_request(
         request_id,
     };
     if ours {
-        if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
-            let client = added.forwarded_for.to_str().unwrap_or("");
-            if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {client}")) {
-                added.forwarded_for = v;
-            }
+        if let Some(v) = appended(headers, &X_FORWARDED_FOR, &added.forwarded_for) {
+            added.forwarded_for = v;
         }
-        if let (Some(prior), Some(hop)) = (joined(headers, &VIA), &added.via) {
-            added.via = HeaderValue::from_str(&format!("{prior}, {}", hop.to_str().unwrap_or("")))
-                .ok()
-                .or(added.via.take());
+        if let Some(v) = added
+            .via
+            .as_ref()
+            .and_then(|hop| appended(headers, &VIA, hop))
+        {
+            added.via = Some(v);
         }
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
@@ -166,16 +165,21 @@ pub fn forward_request(
     added
 }
 
-/// Every `name` header's value joined with `, `, when there is a non-blank one.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
+/// The list in every `name` header, with `last` appended, when there is a non-blank value to
+/// append to.
+fn appended(headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) -> Option<HeaderValue> {
+    let mut values: Vec<&str> = headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    (!values.is_empty()).then(|| values.join(", "))
+    if values.is_empty() {
+        return None;
+    }
+    values.push(last.to_str().ok()?);
+    HeaderValue::from_str(&values.join(", ")).ok()
 }
 
 /// `ip` as an `X-Forwarded-For` value.
@@ -222,14 +226,8 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// Appends `hop` (`1.1 fulcrum`) to the message's `Via` list (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, hop: HeaderValue) {
-    let Some(prior) = joined(headers, &VIA) else {
-        headers.insert(VIA, hop);
-        return;
-    };
-    let joined = format!("{prior}, {}", hop.to_str().unwrap_or("1.1 fulcrum"));
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(VIA, v);
-    }
+    let list = appended(headers, &VIA, &hop).unwrap_or(hop);
+    headers.insert(VIA, list);
 }
 
 #[cfg(test)]

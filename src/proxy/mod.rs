@@ -275,7 +275,6 @@ impl Proxy {
         // The backends tried, for the next pick to avoid: filled only when a retry follows, so
         // that a request answered at its first try allocates nothing for it.
         let mut tried: Vec<BackendId> = Vec::new();
-        let mut tries = 0usize;
         let mut last: Option<LastFailure> = None;
         let mut retry_reason: Option<&'static str> = None;
         loop {
@@ -305,7 +304,6 @@ impl Proxy {
                 return answer_failure(last, "request body cannot be sent again");
             };
             let id = lease.id();
-            tries += 1;
             entry.try_to(lease.authority().clone());
             let host = if upstream.preserve_host {
                 None
@@ -386,7 +384,8 @@ impl Proxy {
                     e.failure()
                 }
             };
-            if tries > upstream.retry.attempts() as usize {
+            // This try and the earlier ones.
+            if tried.len() + 1 > upstream.retry.attempts() as usize {
                 return answer_failure(last, "");
             }
             match upstream
