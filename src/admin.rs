@@ -19,12 +19,11 @@ use crate::config::BackendConfig;
 use crate::control::{AdminError, Control, ReloadError};
 use crate::pool::{AdminState, ChangeError, PoolMsg, UpstreamStatus};
 use crate::proxy::body::{boxed, ProxyBody};
-use crate::server::{Handler, Peer};
+use crate::server::{ClientBody, Handler, Peer};
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,7 +143,7 @@ impl Admin {
     }
 
     /// Whether the request may use the admin listener.
-    fn authorised(&self, req: &Request<Incoming>) -> bool {
+    fn authorised(&self, req: &Request<ClientBody>) -> bool {
         let Some(token) = self.control.token() else {
             return true;
         };
@@ -172,7 +171,7 @@ impl Admin {
 
     async fn backends(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
         upstream: &str,
         rest: &[&str],
@@ -248,7 +247,7 @@ fn answer(
 
 /// Reads a JSON request body of at most [`MAX_BODY`] bytes; a 4xx answer when it is not one.
 async fn read_json<T: for<'de> Deserialize<'de>>(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<T, Response<ProxyBody>> {
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -279,7 +278,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Handler for Admin {
     type Body = ProxyBody;
 
-    async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<ClientBody>, peer: Peer) -> Response<ProxyBody> {
         let client = peer.addr();
         if !self.authorised(&req) {
             let mut resp = error(

@@ -1,10 +1,13 @@
 //! One client connection, from accept to close: HTTP/2 (prior knowledge) or HTTP/1.1 with
 //! upgrades, under its [`Watchdog`]'s clocks, ended gracefully when the server stops.
 //!
+//! HTTP/1.1 requests are read first by fulcrum's own server for plain requests (`plain.rs`),
+//! which hands a request it does not serve (and the connection, until it parks) to hyper's.
+//!
 //! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: hyper's connection is ended
 //! without closing the socket, which hands its read and write buffers back (16 KiB or so), and
-//! the bare socket waits for the client's next request, when a new hyper connection takes it
-//! up. This is what lets thousands of idle keep-alive clients cost little memory, as nginx's
+//! the bare socket waits for the client's next request, when the plain server takes it up
+//! again (it too holds nothing while parked). This is what lets thousands of idle keep-alive clients cost little memory, as nginx's
 //! keep-alive handling does; a busy connection is never parked.
 //!
 //! hyper's HTTP/1 connection is run with `half_close`: it does not read ahead on the client's
@@ -13,9 +16,11 @@
 //! one), 10% of fulcrum's user time. The watchdog notices instead, asking the socket (no read,
 //! no syscall unless it is readable) about requests in flight longer than a tick of its clock.
 
+mod plain;
+
 use crate::proxy::body::HoldBody;
 use crate::race::{race, Won};
-use crate::server::{Handler, Peer};
+use crate::server::{ClientBody, Handler, Peer};
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -121,10 +126,22 @@ pub fn serve<H: Handler>(
             prefix: Bytes::new(),
         };
         loop {
-            io = match serve_h1(io, &serve, &builders, &mut stopped).await {
-                Some(parked) => parked,
-                None => return,
-            };
+            // fulcrum's own server first; hyper for a request it hands over, until hyper parks.
+            // Boxed, as hyper's connection is: a parked connection's task holds no room for a
+            // request's future.
+            let rest = std::mem::take(&mut io.prefix);
+            let max_head = limits.max_header_bytes;
+            match Box::pin(plain::run(&io.stream, rest, &serve, max_head, &mut stopped)).await {
+                plain::Ended::Close => return,
+                plain::Ended::Park => {}
+                plain::Ended::Hyper(bytes) => {
+                    io.prefix = bytes;
+                    io = match serve_h1(io, &serve, &builders, &mut stopped).await {
+                        Some(parked) => parked,
+                        None => return,
+                    };
+                }
+            }
             if io.prefix.is_empty() && !wait_for_request(&io.stream, &watchdog, &mut stopped).await
             {
                 return;
@@ -318,12 +335,12 @@ impl<H: Handler> Serve<H> {
     > + Send
            + 'static {
         let serve = self.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let handler = serve.handler.clone();
             let guard = serve.watchdog.request();
             let client = serve.client.clone();
             async move {
-                let resp = handler.handle(req, client).await;
+                let resp = handler.handle(req.map(ClientBody::Hyper), client).await;
                 Ok(resp.map(|b| HoldBody::new(b, guard)))
             }
         })
@@ -398,17 +415,7 @@ impl Shared {
     /// a readable one is peeked, and bytes waiting (a pipelined request) mean it is still there.
     fn gone(&self) -> bool {
         let parked = self.lock();
-        if !parked.prefix.is_empty() {
-            return false;
-        }
-        let stream = &parked.stream;
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match stream.try_io(tokio::io::Interest::READABLE, || {
-            socket2::SockRef::from(stream).peek(&mut byte)
-        }) {
-            Ok(n) => n == 0,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
+        parked.prefix.is_empty() && plain::gone(&parked.stream)
     }
 
     /// The socket, once hyper's connection and the watchdog are done with it (`None` if the

@@ -58,9 +58,48 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request from `client`.
     fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// A client request's body as a [`Handler`] gets it: hyper's, or none at all for a request
+/// that fulcrum's own HTTP/1.1 server read (those never have one; see `connection::plain`).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// The body as hyper reads it.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// The client of a connection, as its requests' handler sees it: its address, and that address
@@ -97,7 +136,7 @@ impl Handler for Proxy {
 
     fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send {
         Proxy::handle(self, req, client)

@@ -133,6 +133,11 @@ impl Watchdog {
         }
     }
 
+    /// Whether a request is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.state.active.load(Ordering::Relaxed) > 0
+    }
+
     /// Resolves when the header or the idle clock runs out, or with `park`, the park clock;
     /// never while a request is active, unless `gone` says that its client has left (asked
     /// once per tick of the shortest clock about a request in flight a tick earlier).

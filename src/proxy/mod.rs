@@ -22,7 +22,7 @@ use crate::patience::patient;
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
-use crate::server::Peer;
+use crate::server::{ClientBody, Peer};
 use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
@@ -30,7 +30,6 @@ use body::{boxed, text, AnswerBody, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, SendError, TryError, TryHead};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Empty, Limited};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use ractor::ActorRef;
 use replay::RequestBody;
@@ -194,7 +193,7 @@ impl Proxy {
     /// answer carries the request id, and its body the request's [`Access`] entry.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         client: Peer,
     ) -> Response<HoldBody<AnswerBody, Access>> {
         let routes = self.routes.load_full();
@@ -217,7 +216,7 @@ impl Proxy {
     async fn serve(
         &self,
         routes: &Routes,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         upgrade: Option<(HeaderValue, OnUpgrade)>,
         client: &Peer,
         entry: &mut Access,
@@ -521,7 +520,7 @@ fn origin_form(uri: Uri) -> Uri {
 
 /// The host the client asked for: the Host header, or the HTTP/2 `:authority`. A value, not a
 /// string: cloning it shares the parsed bytes.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<ClientBody>) -> Option<HeaderValue> {
     req.headers()
         .get(header::HOST)
         .filter(|h| h.to_str().is_ok())
@@ -537,13 +536,13 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// but for an upgrade's, forwarding headers, `Via` and the request id set, the client's Host
 /// kept), and hands back its body.
 fn prepare(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     client: HeaderValue,
     host: Option<&HeaderValue>,
     add_via: bool,
     upgrade: Option<HeaderValue>,
     request_id: HeaderValue,
-) -> (TryTemplate, Incoming) {
+) -> (TryTemplate, ClientBody) {
     let (mut parts, body) = req.into_parts();
     let hop = add_via.then(|| via(parts.version));
     let added = headers::forward_request(&mut parts.headers, client, "http", host, hop, request_id);

@@ -3,21 +3,21 @@
 //! while reading ahead) streams through once, what was read ahead first, and its request is not
 //! retried. Bodies are never buffered beyond the limit.
 //!
-//! The client's body arrives as a [`ClientBody`]: counted against `listen.max_body_bytes`, so
+//! The client's body arrives as a [`LimitedBody`]: counted against `listen.max_body_bytes`, so
 //! that a body found too large while reading ahead or while streaming ends in a
 //! [`LengthLimitError`] the proxy answers with 413.
 
 use super::body::{boxed, BoxError, ProxyBody};
+use crate::server::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// The client's request body, counted against the body size limit.
-pub type ClientBody = Limited<Incoming>;
+pub type LimitedBody = Limited<ClientBody>;
 
 /// Whether `err`, or an error it wraps, is the body size limit's.
 pub fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -43,7 +43,7 @@ impl RequestBody {
     /// Reads ahead up to `limit` bytes of `body`. Fails when the client's body breaks or
     /// outgrows the body size limit ([`is_body_limit`]).
     pub async fn prepare(
-        mut body: ClientBody,
+        mut body: LimitedBody,
         headers: &HeaderMap,
         limit: u64,
     ) -> Result<RequestBody, BoxError> {
@@ -69,7 +69,7 @@ impl RequestBody {
         Ok(RequestBody::Replayable(kept.freeze()))
     }
 
-    fn one_shot(prefix: Bytes, rest: ClientBody) -> RequestBody {
+    fn one_shot(prefix: Bytes, rest: LimitedBody) -> RequestBody {
         RequestBody::OneShot(Some(PrefixedBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
@@ -111,7 +111,7 @@ impl TryBody {
 /// What was read ahead, then the rest of the client's body as it arrives.
 pub struct PrefixedBody {
     prefix: Option<Bytes>,
-    rest: ClientBody,
+    rest: LimitedBody,
 }
 
 impl Body for PrefixedBody {

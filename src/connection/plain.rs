@@ -1,0 +1,681 @@
+//! fulcrum's own HTTP/1.1 server for plain requests: an HTTP/1.1 request with no body, no
+//! upgrade and no `Expect`, whose head arrives whole in one read. That is nearly every request a
+//! load balancer sees, and serving it here costs about a third less CPU than through hyper's
+//! connection (its dispatcher, its buffers, a clock read at every poll): the request is parsed
+//! from one read into a stack buffer, and the response's head and a small body go out in one
+//! write.
+//!
+//! Anything else (a body, an upgrade, HTTP/1.0, a head in pieces, too many headers, a malformed
+//! head) is handed to hyper's connection with the bytes read so far, and hyper serves the
+//! connection until it parks; hyper also answers every bad request (400, 431) itself. The
+//! watchdog's clocks, the client-gone check and the graceful stop run here as they do around
+//! hyper's connection.
+
+use super::{ended_from_outside, Serve};
+use crate::proxy::body::BoxError;
+use crate::race::{race, Won};
+use crate::server::{ClientBody, Handler};
+use crate::watchdog::Expired;
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::cell::RefCell;
+use std::io::{self, Read as _};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::SystemTime;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// One read of the client's socket; a plain request's head arrives whole within it.
+const READ_BYTES: usize = 4096;
+
+/// Most header lines a plain request may have; one with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// Response bytes gathered before a write: a small body goes out with its head in one write.
+const GATHER_BYTES: usize = 16 * 1024;
+
+/// How a run of the plain server ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// The connection is over.
+    Close,
+    /// Idle for the park clock: wait for the client's next request holding nothing.
+    Park,
+    /// A request this server does not read itself: hyper takes over, from these bytes.
+    Hyper(Bytes),
+}
+
+/// Serves plain requests on `stream`, starting with the bytes in `rest`, until the connection
+/// ends, idles for the park clock, or a request needs hyper.
+pub(super) async fn run<H: Handler>(
+    stream: &TcpStream,
+    rest: Bytes,
+    serve: &Serve<H>,
+    max_head: usize,
+    stopped: &mut watch::Receiver<bool>,
+) -> Ended {
+    let watchdog = &serve.watchdog;
+    let closing = AtomicBool::new(false);
+    let mut main = std::pin::pin!(requests(stream, rest, serve, max_head, &closing));
+    let won = {
+        let side = std::pin::pin!(ended_from_outside(watchdog, true, || gone(stream), stopped));
+        race(main.as_mut(), side).await
+    };
+    match won {
+        Won::Main(ended) => ended,
+        Won::Side(Some(Expired::Park)) => Ended::Park,
+        Won::Side(Some(Expired::ClientGone)) => {
+            tracing::debug!(client = %serve.client.addr(), "client left with its request in flight; closing");
+            Ended::Close
+        }
+        Won::Side(Some(Expired::Header | Expired::Idle)) => Ended::Close,
+        // The server stops: the request in flight finishes, with `Connection: close`.
+        Won::Side(None) if watchdog.in_flight() => {
+            closing.store(true, Ordering::Relaxed);
+            main.await;
+            Ended::Close
+        }
+        Won::Side(None) => Ended::Close,
+    }
+}
+
+/// The plain requests of a connection, one after another.
+async fn requests<H: Handler>(
+    stream: &TcpStream,
+    mut rest: Bytes,
+    serve: &Serve<H>,
+    max_head: usize,
+    closing: &AtomicBool,
+) -> Ended {
+    loop {
+        let plain = if rest.is_empty() {
+            if stream.readable().await.is_err() {
+                return Ended::Close;
+            }
+            match read(stream, max_head) {
+                Got::Plain(p) => p,
+                Got::Other(bytes) => return Ended::Hyper(bytes),
+                Got::Again => continue,
+                Got::Closed => return Ended::Close,
+            }
+        } else {
+            let head = rest.clone();
+            match take(&rest, max_head, |len| head.slice(..len)) {
+                Some((request, close, len)) => {
+                    rest = rest.slice(len..);
+                    Plain {
+                        request,
+                        close,
+                        rest: std::mem::take(&mut rest),
+                    }
+                }
+                None => return Ended::Hyper(rest),
+            }
+        };
+        rest = plain.rest;
+        let head_request = plain.request.method() == Method::HEAD;
+        let guard = serve.watchdog.request();
+        let response = serve
+            .handler
+            .handle(plain.request, serve.client.clone())
+            .await;
+        let close = plain.close || closing.load(Ordering::Relaxed);
+        let kept = match respond(stream, response, head_request, close).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::debug!(error = %e, client = %serve.client.addr(), "response to the client cut short");
+                false
+            }
+        };
+        drop(guard);
+        if !kept || closing.load(Ordering::Relaxed) {
+            return Ended::Close;
+        }
+    }
+}
+
+/// A plain request read whole, and what came after it (a pipelined request).
+struct Plain {
+    request: Request<ClientBody>,
+    /// The client asked to close after this request.
+    close: bool,
+    rest: Bytes,
+}
+
+/// What one read of the client's socket gave.
+// Returned and taken apart at once: boxing the request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Got {
+    Plain(Plain),
+    /// Not a plain request: these bytes are for hyper.
+    Other(Bytes),
+    /// Nothing to read after all.
+    Again,
+    /// The client closed the connection (or it broke).
+    Closed,
+}
+
+/// Reads once from `stream` into this thread's read buffer and takes a plain request from it.
+fn read(stream: &TcpStream, max_head: usize) -> Got {
+    thread_local! {
+        // One per worker thread rather than on the stack: a fresh stack buffer was zeroed on
+        // every read (1% of the CPU), and the connection's future never holds it.
+        static BUF: RefCell<[u8; READ_BYTES]> = const { RefCell::new([0; READ_BYTES]) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        let mut got = 0;
+        let polled = stream.try_io(Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+            got = n;
+            // A short read emptied the socket: tokio forgets the readiness now, as its own
+            // reads do, rather than learning it from one more read that would block.
+            if n > 0 && n < READ_BYTES {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match polled {
+            Ok(()) if got == 0 => return Got::Closed,
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if got == 0 {
+                    return Got::Again;
+                }
+            }
+            Err(_) => return Got::Closed,
+        }
+        let input = &buf[..got];
+        match take(input, max_head, |len| Bytes::copy_from_slice(&input[..len])) {
+            Some((request, close, len)) => Got::Plain(Plain {
+                request,
+                close,
+                rest: if len < got {
+                    Bytes::copy_from_slice(&input[len..])
+                } else {
+                    Bytes::new()
+                },
+            }),
+            None => Got::Other(Bytes::copy_from_slice(input)),
+        }
+    })
+}
+
+/// The plain request at the start of `input`: the request (its head owned by `own(len)`,
+/// which holds `input[..len]`), whether the client asked to close, and the head's length.
+/// `None` when the request is not plain, is not whole, or is not well-formed: hyper's to read.
+fn take(
+    input: &[u8],
+    max_head: usize,
+    own: impl FnOnce(usize) -> Bytes,
+) -> Option<(Request<ClientBody>, bool, usize)> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        _ => return None,
+    };
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if h.value != b"0" {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return None;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+    }
+    let head = own(len);
+    // Where a slice of `input` sits in `head`, which holds the same bytes.
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - input.as_ptr() as usize;
+        head.slice(start..start + part.len())
+    };
+    let uri = Uri::from_maybe_shared(at(parsed.path?.as_bytes())).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(at(h.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(ClientBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some((request, close, len))
+}
+
+/// How the response's body is delimited on the wire.
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// This many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response` to the client; whether the connection stays open for the next request.
+/// Errors are the client's socket's or the body's: the connection is closed.
+async fn respond<B>(
+    stream: &TcpStream,
+    response: Response<B>,
+    head_request: bool,
+    close: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let mut out = Vec::with_capacity(512);
+    let (mut framing, keep) = encode_head(
+        &mut out,
+        parts.status,
+        &parts.headers,
+        &body,
+        head_request,
+        close,
+    );
+    let mut trailers = None;
+    loop {
+        if body.is_end_stream() {
+            break;
+        }
+        // What the body has now goes out with what is gathered; only then wait for more.
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+            .await
+        {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                write_all(stream, &out).await?;
+                out.clear();
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(io::Error::other)?;
+        match frame.into_data() {
+            Ok(data) => gather(stream, &mut out, &mut framing, data).await?,
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    match framing {
+        Framing::Length(left) if left > 0 => {
+            // The body ended short of its length: the client sees the connection close.
+            write_all(stream, &out).await?;
+            return Ok(false);
+        }
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            if let Some(trailers) = &trailers {
+                encode_headers(&mut out, trailers);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::None | Framing::Length(_) => {}
+    }
+    write_all(stream, &out).await?;
+    Ok(keep)
+}
+
+/// Writes the status line and headers into `out`, with the framing, `Date` and
+/// `Connection: close` hyper would add; the body's framing, and whether to keep the connection.
+fn encode_head<B: Body>(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &B,
+    head_request: bool,
+    close: bool,
+) -> (Framing, bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut length = None;
+    let mut dated = false;
+    let mut close_listed = false;
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING {
+            // The framing is this server's to choose.
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            match value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                // Unreadable or two lengths: framed by the body instead.
+                _ => continue,
+            }
+        } else if name == DATE {
+            dated = true;
+        } else if name == CONNECTION {
+            close_listed |= value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        encode_header(out, name, value);
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !close_listed {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    (framing, !(close || close_listed))
+}
+
+fn encode_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        encode_header(out, name, value);
+    }
+}
+
+/// Adds a body's `data` to what goes out, framed; writes when enough has gathered. A body
+/// longer than its length is an error: what it said it was went out, the rest would be taken
+/// for the next response.
+async fn gather(
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    framing: &mut Framing,
+    data: Bytes,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    match framing {
+        Framing::None => return Ok(()),
+        Framing::Length(left) => {
+            if data.len() as u64 > *left {
+                let fits = usize::try_from(*left).unwrap_or(usize::MAX);
+                out.extend_from_slice(&data[..fits]);
+                write_all(stream, out).await?;
+                return Err(io::Error::other(
+                    "the response body is longer than its length",
+                ));
+            }
+            *left -= data.len() as u64;
+        }
+        Framing::Chunked => {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+    }
+    if out.len() + data.len() <= GATHER_BYTES {
+        out.extend_from_slice(&data);
+    } else {
+        write_all(stream, out).await?;
+        out.clear();
+        write_all(stream, &data).await?;
+    }
+    if matches!(framing, Framing::Chunked) {
+        out.extend_from_slice(b"\r\n");
+    }
+    if out.len() >= GATHER_BYTES {
+        write_all(stream, out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` to the client.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the client closed its side of the connection (or reset it). Reads nothing: a socket
+/// with no readiness is answered from tokio's readiness flags, without a syscall; a readable
+/// one is peeked, and bytes waiting (a pipelined request) mean it is still there.
+pub(super) fn gone(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match stream.try_io(Interest::READABLE, || {
+        socket2::SockRef::from(stream).peek(&mut byte)
+    }) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Calls `f` with the `Date` header's value for now, formatted once a second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        f(cached.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+
+    fn taken(input: &[u8]) -> Option<(Request<ClientBody>, bool, usize)> {
+        take(input, 8192, |len| Bytes::copy_from_slice(&input[..len]))
+    }
+
+    #[test]
+    fn a_plain_request_is_taken_with_its_head() {
+        let input = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /next";
+        let (req, close, len) = taken(input).expect("plain");
+        assert_eq!(len, input.len() - b"GET /next".len());
+        assert!(!close);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "x");
+        let a: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert!(req.body().is_end_stream());
+    }
+
+    #[test]
+    fn connection_close_is_noted() {
+        let (_, close, _) =
+            taken(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").unwrap();
+        assert!(close);
+    }
+
+    #[test]
+    fn what_is_not_plain_is_left_to_hyper() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET  HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                taken(input).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        assert!(taken(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).is_none());
+        // A head over the limit: hyper answers 431.
+        let input = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(take(input, 10, |len| Bytes::copy_from_slice(&input[..len])).is_none());
+        // An empty body is still plain.
+        assert!(taken(b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+    }
+
+    fn head_of<B: Body>(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &B,
+        head: bool,
+        close: bool,
+    ) -> (String, Framing, bool) {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        let (framing, keep) = encode_head(
+            &mut out,
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            body,
+            head,
+            close,
+        );
+        (String::from_utf8(out).unwrap(), framing, keep)
+    }
+
+    #[test]
+    fn a_head_says_how_its_body_is_framed() {
+        let sized = http_body_util::Full::new(Bytes::from_static(b"hello"));
+        let (head, framing, keep) = head_of(
+            200,
+            &[("date", "d"), ("content-length", "5")],
+            &sized,
+            false,
+            false,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::Length(5)) && keep);
+
+        let (head, framing, _) = head_of(404, &[("date", "d")], &sized, false, false);
+        assert_eq!(
+            head,
+            "HTTP/1.1 404 Not Found\r\ndate: d\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::Length(5)));
+
+        let stream = http_body_util::StreamBody::new(futures_empty());
+        let (head, framing, _) = head_of(
+            200,
+            &[("date", "d"), ("transfer-encoding", "chunked")],
+            &stream,
+            false,
+            false,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: d\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::Chunked));
+
+        let (head, framing, keep) = head_of(
+            200,
+            &[("date", "d"), ("content-length", "5")],
+            &sized,
+            true,
+            true,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
+        );
+        assert!(matches!(framing, Framing::None) && !keep);
+
+        let (head, _, keep) = head_of(204, &[("connection", "close")], &sized, false, false);
+        assert!(
+            head.starts_with("HTTP/1.1 204 No Content\r\nconnection: close\r\ndate: "),
+            "{head}"
+        );
+        assert!(head.ends_with(" GMT\r\n\r\n") && !keep, "{head}");
+    }
+
+    fn futures_empty() -> impl futures_core::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+        struct Never;
+        impl futures_core::Stream for Never {
+            type Item = Result<Frame<Bytes>, BoxError>;
+            fn poll_next(
+                self: Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                Poll::Pending
+            }
+        }
+        Never
+    }
+}
