@@ -20,5 +20,6 @@ pub mod pool;
 pub mod proxy;
 pub mod race;
 pub mod server;
+pub mod spare;
 pub mod telemetry;
 pub mod watchdog;

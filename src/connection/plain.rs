@@ -15,8 +15,9 @@ use super::{ended_from_outside, Serve};
 use crate::proxy::body::BoxError;
 use crate::race::{race, Won};
 use crate::server::{ClientBody, Handler};
+use crate::spare;
 use crate::watchdog::Expired;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
@@ -25,6 +26,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use std::cell::RefCell;
 use std::io::{self, Read as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -35,6 +37,9 @@ use tokio::sync::watch;
 
 /// One read of the client's socket; a plain request's head arrives whole within it.
 const READ_BYTES: usize = 4096;
+
+/// Room for requests' heads, allocated when a run's buffer has too little left.
+const HEAD_ROOM: usize = 2048;
 
 /// Most header lines a plain request may have; one with more goes to hyper.
 const MAX_HEADERS: usize = 64;
@@ -95,40 +100,33 @@ async fn requests<H: Handler>(
     max_head: usize,
     closing: &AtomicBool,
 ) -> Ended {
+    // Where requests' heads are kept while they are served: each head is split off and shared
+    // by its header values, and the room is used again once they are gone. One allocation per
+    // run (and per `HEAD_ROOM` of pipelined heads), where a head of its own cost one per request.
+    let mut heads = BytesMut::new();
+    // What goes out to the client, kept for the run's next responses.
+    let mut out = Vec::with_capacity(512);
     loop {
-        let plain = if rest.is_empty() {
+        if rest.is_empty() {
             if stream.readable().await.is_err() {
                 return Ended::Close;
             }
-            match read(stream, max_head) {
-                Got::Plain(p) => p,
-                Got::Other(bytes) => return Ended::Hyper(bytes),
+            match read(stream, &mut heads) {
+                Got::Read => rest = heads.split().freeze(),
                 Got::Again => continue,
                 Got::Closed => return Ended::Close,
             }
-        } else {
-            let head = rest.clone();
-            match take(&rest, max_head, |len| head.slice(..len)) {
-                Some((request, close, len)) => {
-                    rest = rest.slice(len..);
-                    Plain {
-                        request,
-                        close,
-                        rest: std::mem::take(&mut rest),
-                    }
-                }
-                None => return Ended::Hyper(rest),
-            }
+        }
+        let head = rest.clone();
+        let Some((request, close, len)) = take(&rest, max_head, |len| head.slice(..len)) else {
+            return Ended::Hyper(rest);
         };
-        rest = plain.rest;
-        let head_request = plain.request.method() == Method::HEAD;
+        rest = rest.slice(len..);
+        let head_request = request.method() == Method::HEAD;
         let guard = serve.watchdog.request();
-        let response = serve
-            .handler
-            .handle(plain.request, serve.client.clone())
-            .await;
-        let close = plain.close || closing.load(Ordering::Relaxed);
-        let kept = match respond(stream, response, head_request, close).await {
+        let response = serve.handler.handle(request, serve.client.clone()).await;
+        let close = close || closing.load(Ordering::Relaxed);
+        let kept = match respond(stream, &mut out, response, head_request, close).await {
             Ok(kept) => kept,
             Err(e) => {
                 tracing::debug!(error = %e, client = %serve.client.addr(), "response to the client cut short");
@@ -142,29 +140,18 @@ async fn requests<H: Handler>(
     }
 }
 
-/// A plain request read whole, and what came after it (a pipelined request).
-struct Plain {
-    request: Request<ClientBody>,
-    /// The client asked to close after this request.
-    close: bool,
-    rest: Bytes,
-}
-
 /// What one read of the client's socket gave.
-// Returned and taken apart at once: boxing the request would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 enum Got {
-    Plain(Plain),
-    /// Not a plain request: these bytes are for hyper.
-    Other(Bytes),
+    /// Bytes, added to the heads' buffer.
+    Read,
     /// Nothing to read after all.
     Again,
     /// The client closed the connection (or it broke).
     Closed,
 }
 
-/// Reads once from `stream` into this thread's read buffer and takes a plain request from it.
-fn read(stream: &TcpStream, max_head: usize) -> Got {
+/// Reads once from `stream` into this thread's read buffer, and adds what came to `heads`.
+fn read(stream: &TcpStream, heads: &mut BytesMut) -> Got {
     thread_local! {
         // One per worker thread rather than on the stack: a fresh stack buffer was zeroed on
         // every read (1% of the CPU), and the connection's future never holds it.
@@ -192,19 +179,11 @@ fn read(stream: &TcpStream, max_head: usize) -> Got {
             }
             Err(_) => return Got::Closed,
         }
-        let input = &buf[..got];
-        match take(input, max_head, |len| Bytes::copy_from_slice(&input[..len])) {
-            Some((request, close, len)) => Got::Plain(Plain {
-                request,
-                close,
-                rest: if len < got {
-                    Bytes::copy_from_slice(&input[len..])
-                } else {
-                    Bytes::new()
-                },
-            }),
-            None => Got::Other(Bytes::copy_from_slice(input)),
+        if heads.capacity() - heads.len() < got {
+            heads.reserve(got.max(HEAD_ROOM));
         }
+        heads.extend_from_slice(&buf[..got]);
+        Got::Read
     })
 }
 
@@ -216,9 +195,10 @@ fn take(
     max_head: usize,
     own: impl FnOnce(usize) -> Bytes,
 ) -> Option<(Request<ClientBody>, bool, usize)> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(input) {
+    // Uninitialised slots: zeroing them for every request costs more than parsing.
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(input, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         _ => return None,
     };
@@ -258,7 +238,7 @@ fn take(
         head.slice(start..start + part.len())
     };
     let uri = Uri::from_maybe_shared(at(parsed.path?.as_bytes())).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = spare::header_map(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_maybe_shared(at(h.value)).ok()?;
@@ -285,6 +265,7 @@ enum Framing {
 /// Errors are the client's socket's or the body's: the connection is closed.
 async fn respond<B>(
     stream: &TcpStream,
+    out: &mut Vec<u8>,
     response: Response<B>,
     head_request: bool,
     close: bool,
@@ -293,15 +274,16 @@ where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let (parts, mut body) = response.into_parts();
-    let mut out = Vec::with_capacity(512);
+    out.clear();
     let (mut framing, keep) = encode_head(
-        &mut out,
+        out,
         parts.status,
         &parts.headers,
         &body,
         head_request,
         close,
     );
+    spare::recycle(parts.headers);
     let mut trailers = None;
     loop {
         if body.is_end_stream() {
@@ -313,7 +295,7 @@ where
         {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                write_all(stream, &out).await?;
+                write_all(stream, out).await?;
                 out.clear();
                 body.frame().await
             }
@@ -321,26 +303,26 @@ where
         let Some(frame) = frame else { break };
         let frame = frame.map_err(io::Error::other)?;
         match frame.into_data() {
-            Ok(data) => gather(stream, &mut out, &mut framing, data).await?,
+            Ok(data) => gather(stream, out, &mut framing, data).await?,
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
     match framing {
         Framing::Length(left) if left > 0 => {
             // The body ended short of its length: the client sees the connection close.
-            write_all(stream, &out).await?;
+            write_all(stream, out).await?;
             return Ok(false);
         }
         Framing::Chunked => {
             out.extend_from_slice(b"0\r\n");
             if let Some(trailers) = &trailers {
-                encode_headers(&mut out, trailers);
+                encode_headers(out, trailers);
             }
             out.extend_from_slice(b"\r\n");
         }
         Framing::None | Framing::Length(_) => {}
     }
-    write_all(stream, &out).await?;
+    write_all(stream, out).await?;
     Ok(keep)
 }
 
@@ -493,7 +475,7 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 /// with no readiness is answered from tokio's readiness flags, without a syscall; a readable
 /// one is peeked, and bytes waiting (a pipelined request) mean it is still there.
 pub(super) fn gone(stream: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     match stream.try_io(Interest::READABLE, || {
         socket2::SockRef::from(stream).peek(&mut byte)
     }) {

@@ -133,7 +133,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         let head = buf.split_to(len).freeze();
         // Room for the two fulcrum adds to every response (Via, X-Request-Id): growing the map
         // for them reallocated it, ~1% of the request path's CPU.
-        let mut headers = HeaderMap::with_capacity(count + 2);
+        let mut headers = crate::spare::header_map(count + 2);
         for (name, value) in few[..count.min(FEW_HEADERS)].iter().chain(&more) {
             let (name, value) = (name.range(), value.range());
             if name.end > head.len() || value.end > head.len() {

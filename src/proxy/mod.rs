@@ -86,6 +86,13 @@ struct TryTemplate {
     added: headers::Added,
 }
 
+impl Drop for TryTemplate {
+    fn drop(&mut self) {
+        // The last try is over: the map holds a later response's headers.
+        crate::spare::recycle(std::mem::take(&mut self.headers));
+    }
+}
+
 impl TryTemplate {
     /// What one try sends but its body; `host` replaces the client's Host when set.
     fn head<'a>(&'a self, host: Option<&'a HeaderValue>) -> TryHead<'a> {
