@@ -1,10 +1,12 @@
-//! Header maps kept for reuse, a few per thread: a request's map, once its last try is over,
-//! holds the next backend response's headers, and a response's map, once its head is written,
-//! the next request's, as hyper keeps one per connection. A new map cost two allocations and
-//! their frees (its index and its entries), four per proxied request.
+//! Header maps and write buffers kept for reuse, a few per thread. A request's map, once its
+//! last try is over, holds the next backend response's headers, and a response's map, once its
+//! head is written, the next request's, as hyper keeps one per connection: a new map cost two
+//! allocations and their frees (its index and its entries), four per proxied request. A
+//! backend request's write buffer is used again by the next one.
 
 use http::HeaderMap;
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 
 /// Maps kept per thread; more are freed.
 const KEPT: usize = 16;
@@ -13,8 +15,12 @@ const KEPT: usize = 16;
 /// headers should not pin its memory.
 const LARGEST: usize = 64;
 
+/// A write buffer with more room than this is freed, not kept.
+const LARGEST_BUFFER: usize = 16 * 1024;
+
 thread_local! {
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty map with room for `n` entries: a kept one when there is one.
@@ -44,6 +50,51 @@ pub fn recycle(mut map: HeaderMap) {
     });
 }
 
+/// An empty write buffer with room for `n` bytes, which goes back to the spares when dropped.
+pub fn buffer(n: usize) -> Buffer {
+    let mut kept = BUFFERS
+        .try_with(|b| b.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    kept.reserve(n);
+    Buffer(kept)
+}
+
+/// A write buffer from [`buffer`].
+#[derive(Debug)]
+pub struct Buffer(Vec<u8>);
+
+impl Deref for Buffer {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() == 0 || buf.capacity() > LARGEST_BUFFER {
+            return;
+        }
+        buf.clear();
+        let _ = BUFFERS.try_with(|b| {
+            let mut kept = b.borrow_mut();
+            if kept.len() < KEPT {
+                kept.push(buf);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +110,21 @@ mod tests {
         let again = header_map(2);
         assert!(again.is_empty());
         assert_eq!(again.capacity(), room);
+    }
+
+    #[test]
+    fn a_write_buffer_comes_back_empty_with_its_room() {
+        let mut buf = buffer(100);
+        buf.extend_from_slice(b"hello");
+        let room = buf.capacity();
+        drop(buf);
+        let again = buffer(10);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room);
+        drop(again);
+        let big = buffer(LARGEST_BUFFER + 1);
+        drop(big);
+        assert!(buffer(1).capacity() < LARGEST_BUFFER);
     }
 
     #[test]

@@ -297,7 +297,7 @@ impl Forwarder {
         body: &Bytes,
         now: Instant,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut wire = Vec::with_capacity(512 + body.len());
+        let mut wire = crate::spare::buffer(512 + body.len());
         h1::encode_request(
             &mut wire,
             head.method,

@@ -8,7 +8,7 @@
 //! ASCII characters), else 32 random hex digits; it goes to the backend and back to the client.
 
 use super::metrics::{BackendMetrics, UpstreamMetrics};
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -50,16 +50,29 @@ fn new_id() -> HeaderValue {
     for (i, digit) in text.iter_mut().enumerate() {
         *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
-    // Owned by its `Bytes` from the start: the id is cloned into the backend's request, the
-    // response and the log, and a copied slice would be copied again on its first clone.
-    // Hex digits are always a valid header value.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static("-"))
+    // Split from a block of ids shared per thread: the id is cloned into the backend's
+    // request, the response and the log (a copied slice would be copied again at its first
+    // clone), and a block holds 128 ids, used again once they are all gone, where an id of
+    // its own cost an allocation per request. Hex digits are always a valid header value.
+    let id = ID_BLOCK.with_borrow_mut(|block| {
+        if block.capacity() - block.len() < text.len() {
+            block.reserve(ID_BLOCK_BYTES);
+        }
+        block.extend_from_slice(&text);
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("-"))
 }
+
+/// Room for 128 request ids.
+const ID_BLOCK_BYTES: usize = 128 * 32;
 
 thread_local! {
     /// Request ids need to be unique, not secret: a small generator per thread, seeded from the
     /// OS-seeded one, costs a fraction of rand's default (ChaCha) one per id.
     static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+    /// Where new request ids are written (see `new_id`).
+    static ID_BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// One request's entry, filled in along the request path; written, with the metrics it feeds,
@@ -199,6 +212,16 @@ mod tests {
         };
         assert_eq!(entry(None), 499);
         assert_eq!(entry(Some(502)), 502);
+    }
+
+    #[test]
+    fn ids_stay_whole_and_distinct_across_blocks() {
+        let ids: Vec<HeaderValue> = (0..3 * ID_BLOCK_BYTES / 32 + 5).map(|_| new_id()).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids
+            .iter()
+            .all(|v| v.len() == 32 && v.as_bytes().iter().all(u8::is_ascii_hexdigit)));
     }
 
     #[test]
