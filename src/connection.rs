@@ -7,8 +7,9 @@
 //! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: hyper's connection is ended
 //! without closing the socket, which hands its read and write buffers back (16 KiB or so), and
 //! the bare socket waits for the client's next request, when the plain server takes it up
-//! again (it too holds nothing while parked). This is what lets thousands of idle keep-alive clients cost little memory, as nginx's
-//! keep-alive handling does; a busy connection is never parked.
+//! again (its run, with its buffers, ends at parking too). This is what lets thousands of idle
+//! keep-alive clients cost little memory, as nginx's keep-alive handling does; a busy
+//! connection is never parked.
 //!
 //! hyper's HTTP/1 connection is run with `half_close`: it does not read ahead on the client's
 //! socket while a request is in flight. Reading ahead is how hyper notices a client that left,

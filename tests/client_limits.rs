@@ -23,23 +23,6 @@ async fn server_with(
     start(&cfg).await
 }
 
-/// Reads until the server closes the connection; what it sent.
-async fn until_closed(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the server kept the connection open");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn a_header_sent_too_slowly_is_cut() {
     let bs = backends(1).await;

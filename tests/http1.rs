@@ -10,14 +10,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Reads until the server closes the connection; what it sent.
-async fn until_closed(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
-    assert!(closed.is_ok(), "the server kept the connection open");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Reads until `text` has arrived `times` times in all that was read.
 async fn until_seen(s: &mut TcpStream, text: &str, times: usize) -> String {
     let mut out = Vec::new();

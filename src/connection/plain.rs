@@ -1,9 +1,9 @@
 //! fulcrum's own HTTP/1.1 server for plain requests: an HTTP/1.1 request with no body, no
 //! upgrade and no `Expect`, whose head arrives whole in one read. That is nearly every request a
-//! load balancer sees, and serving it here costs about a third less CPU than through hyper's
-//! connection (its dispatcher, its buffers, a clock read at every poll): the request is parsed
-//! from one read into a stack buffer, and the response's head and a small body go out in one
-//! write.
+//! load balancer sees, and serving it here costs less than through hyper's connection (its
+//! dispatcher, its buffers, a clock read at every poll): the client side's share of fulcrum's
+//! CPU fell from about 40% to under 30%. The request is parsed from one read, its head kept in
+//! a buffer the run uses again, and the response's head and a small body go out in one write.
 //!
 //! Anything else (a body, an upgrade, HTTP/1.0, a head in pieces, too many headers, a malformed
 //! head) is handed to hyper's connection with the bytes read so far, and hyper serves the

@@ -292,3 +292,20 @@ pub async fn pool_status(server: &Server) -> fulcrum::pool::UpstreamStatus {
         other => panic!("no status: {other:?}"),
     }
 }
+
+/// Reads until the server closes the connection; what it sent.
+pub async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(s, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
