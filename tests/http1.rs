@@ -80,7 +80,7 @@ async fn a_head_request_gets_its_length_but_no_body() {
     server.shutdown().await;
 }
 
-/// A backend that answers every request (health probes too) with a chunked "hello world".
+/// A backend that answers every request (health probes too) with a chunked body.
 async fn chunked_backend() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -97,8 +97,9 @@ async fn chunked_backend() -> std::net::SocketAddr {
                         }
                     }
                     head.clear();
+                    // A chunk of 26 bytes: its size is "1a", not "26".
                     let answer: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                        5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+                        5\r\nhello\r\n1a\r\n abcdefghijklmnopqrstuvwxy\r\n0\r\n\r\n";
                     if s.write_all(answer).await.is_err() {
                         return;
                     }
@@ -124,7 +125,7 @@ async fn an_answer_without_a_length_reaches_the_client_chunked() {
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("\r\ntransfer-encoding: chunked"), "{answer}");
     assert!(!head.contains("content-length"), "{answer}");
-    assert_eq!(dechunk(body), "hello world", "{answer}");
+    assert_eq!(dechunk(body), "hello abcdefghijklmnopqrstuvwxy", "{answer}");
     server.shutdown().await;
 }
 

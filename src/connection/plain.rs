@@ -25,7 +25,7 @@ use http::{
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::cell::RefCell;
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,13 +222,10 @@ fn take(
         {
             return None;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return None;
-                }
+            if lists(h.value, b"upgrade") {
+                return None;
             }
+            close |= lists(h.value, b"close");
         }
     }
     let head = own(len);
@@ -366,10 +363,7 @@ fn encode_head<B: Body>(
         } else if name == DATE {
             dated = true;
         } else if name == CONNECTION {
-            close_listed |= value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close_listed |= lists(value.as_bytes(), b"close");
         }
         encode_header(out, name, value);
     }
@@ -386,9 +380,8 @@ fn encode_head<B: Body>(
     } else if let Some(n) = length {
         Framing::Length(n)
     } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // Formatted straight into the buffer: `io::Write` on a `Vec` cannot fail.
+        let _ = write!(out, "content-length: {n}\r\n");
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -396,6 +389,14 @@ fn encode_head<B: Body>(
     };
     out.extend_from_slice(b"\r\n");
     (framing, !(close || close_listed))
+}
+
+/// Whether a comma-separated header value (`Connection`) lists `token`, in any case: as
+/// `headers::lists` does for a header map, on the bytes of one value.
+fn lists(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn encode_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
@@ -437,7 +438,7 @@ async fn gather(
             *left -= data.len() as u64;
         }
         Framing::Chunked => {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(out, "{:x}\r\n", data.len());
         }
     }
     if out.len() + data.len() <= GATHER_BYTES {
@@ -457,7 +458,8 @@ async fn gather(
     Ok(())
 }
 
-/// Writes all of `buf` to the client.
+/// Writes all of `buf` to the client. Through a shared reference to the socket, not tokio's
+/// `write_all`: the watchdog's client-gone check peeks the same socket meanwhile.
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         stream.writable().await?;
