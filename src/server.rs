@@ -63,14 +63,14 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
-/// A client request's body as a [`Handler`] gets it: hyper's, or none at all for a request
-/// that fulcrum's own HTTP/1.1 server read (those never have one; see `connection::plain`).
+/// A client request's body as a [`Handler`] gets it: hyper's, or one that fulcrum's own
+/// HTTP/1.1 server read whole with the request's head (see `connection::plain`).
 #[derive(Debug)]
 pub enum ClientBody {
     /// The body as hyper reads it.
     Hyper(Incoming),
-    /// No body.
-    Empty,
+    /// All of the body; empty for none.
+    Whole(Bytes),
 }
 
 impl http_body::Body for ClientBody {
@@ -83,21 +83,24 @@ impl http_body::Body for ClientBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ClientBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
-            ClientBody::Empty => std::task::Poll::Ready(None),
+            ClientBody::Whole(b) if b.is_empty() => std::task::Poll::Ready(None),
+            ClientBody::Whole(b) => {
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(b)))))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::Empty => true,
+            ClientBody::Whole(b) => b.is_empty(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::Empty => http_body::SizeHint::with_exact(0),
+            ClientBody::Whole(b) => http_body::SizeHint::with_exact(b.len() as u64),
         }
     }
 }

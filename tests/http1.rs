@@ -1,7 +1,7 @@
-//! HTTP/1.1 as clients write it, over a raw socket: pipelined requests, a request with a body
-//! between plain ones (fulcrum's own server hands it to hyper's and takes the connection back),
-//! HEAD, `Connection: close`, and a backend's answer without a length, which reaches the client
-//! chunked.
+//! HTTP/1.1 as clients write it, over a raw socket: pipelined requests (one with a small
+//! body), a chunked body between plain requests (fulcrum's own server hands it to hyper's and
+//! takes the connection back), HEAD, `Connection: close`, and a backend's answer without a
+//! length, which reaches the client chunked.
 
 mod common;
 
@@ -33,16 +33,28 @@ async fn one_connection_serves_pipelined_bodied_and_plain_requests_in_order() {
     let bs = backends(1).await;
     let server = start(&one_upstream("round_robin", &bs, &[], "")).await;
     let mut s = TcpStream::connect(server.proxy_addr()).await.unwrap();
-    // Two plain requests in one write; then one with a body, which hyper reads.
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let two = until_seen(&mut s, "hello from b0\n", 2).await;
+    // A plain request and one with a small body, in one write: fulcrum's own server reads both.
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    // In order: the sink's answer (the body's length) last.
+    let two = until_seen(&mut s, "\r\n\r\n5\n", 1).await;
     assert_eq!(two.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{two}");
-    s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-        .await
-        .unwrap();
-    let sink = until_seen(&mut s, "\r\n\r\n5\n", 1).await;
+    assert!(
+        two.contains("\r\n\r\nhello from b0\nHTTP/1.1 200 OK\r\n"),
+        "{two}"
+    );
+    // A chunked body, which hyper reads.
+    s.write_all(
+        b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let sink = until_seen(&mut s, "\r\n\r\n3\n", 1).await;
     assert!(sink.starts_with("HTTP/1.1 200 OK\r\n"), "{sink}");
     // Long enough for hyper to park the connection: the next request is fulcrum's again.
     tokio::time::sleep(Duration::from_millis(100)).await;
