@@ -108,6 +108,9 @@ async fn requests<H: Handler>(
     let mut out = Vec::with_capacity(512);
     loop {
         if rest.is_empty() {
+            // An empty slice still holds the buffer: let go of it, or its room is never
+            // used again.
+            rest = Bytes::new();
             if stream.readable().await.is_err() {
                 return Ended::Close;
             }
