@@ -270,6 +270,19 @@ async fn ended_from_outside(
     }
 }
 
+/// Whether the client closed its side of the connection (or reset it). Reads nothing: a socket
+/// with no readiness is answered from tokio's readiness flags, without a syscall; a readable
+/// one is peeked, and bytes waiting (a pipelined request) mean it is still there.
+fn client_gone(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match stream.try_io(tokio::io::Interest::READABLE, || {
+        socket2::SockRef::from(stream).peek(&mut byte)
+    }) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
 /// An HTTP/2 connection, never parked (its streams share one connection's state).
 async fn serve_h2<H: Handler>(
     stream: TcpStream,
@@ -416,7 +429,7 @@ impl Shared {
     /// a readable one is peeked, and bytes waiting (a pipelined request) mean it is still there.
     fn gone(&self) -> bool {
         let parked = self.lock();
-        parked.prefix.is_empty() && plain::gone(&parked.stream)
+        parked.prefix.is_empty() && client_gone(&parked.stream)
     }
 
     /// The socket, once hyper's connection and the watchdog are done with it (`None` if the

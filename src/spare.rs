@@ -7,6 +7,7 @@
 use http::HeaderMap;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
+use std::thread::LocalKey;
 
 /// Maps kept per thread; more are freed.
 const KEPT: usize = 16;
@@ -23,9 +24,25 @@ thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A kept one from `spares`, if any.
+fn take<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    spares.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Keeps `item` in `spares` unless it holds enough already. During the thread's teardown the
+/// item is simply freed.
+fn keep<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    let _ = spares.try_with(|s| {
+        let mut kept = s.borrow_mut();
+        if kept.len() < KEPT {
+            kept.push(item);
+        }
+    });
+}
+
 /// An empty map with room for `n` entries: a kept one when there is one.
 pub fn header_map(n: usize) -> HeaderMap {
-    match SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten() {
+    match take(&SPARE) {
         Some(mut map) => {
             map.reserve(n);
             map
@@ -41,22 +58,12 @@ pub fn recycle(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    // During the thread's teardown the map is simply freed.
-    let _ = SPARE.try_with(|s| {
-        let mut spare = s.borrow_mut();
-        if spare.len() < KEPT {
-            spare.push(map);
-        }
-    });
+    keep(&SPARE, map);
 }
 
 /// An empty write buffer with room for `n` bytes, which goes back to the spares when dropped.
 pub fn buffer(n: usize) -> Buffer {
-    let mut kept = BUFFERS
-        .try_with(|b| b.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut kept = take(&BUFFERS).unwrap_or_default();
     kept.reserve(n);
     Buffer(kept)
 }
@@ -86,12 +93,7 @@ impl Drop for Buffer {
             return;
         }
         buf.clear();
-        let _ = BUFFERS.try_with(|b| {
-            let mut kept = b.borrow_mut();
-            if kept.len() < KEPT {
-                kept.push(buf);
-            }
-        });
+        keep(&BUFFERS, buf);
     }
 }
 

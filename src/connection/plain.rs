@@ -11,7 +11,7 @@
 //! watchdog's clocks, the client-gone check and the graceful stop run here as they do around
 //! hyper's connection.
 
-use super::{ended_from_outside, Serve};
+use super::{client_gone, ended_from_outside, Serve};
 use crate::proxy::body::BoxError;
 use crate::race::{race, Won};
 use crate::server::{ClientBody, Handler};
@@ -71,7 +71,12 @@ pub(super) async fn run<H: Handler>(
     let closing = AtomicBool::new(false);
     let mut main = std::pin::pin!(requests(stream, rest, serve, max_head, &closing));
     let won = {
-        let side = std::pin::pin!(ended_from_outside(watchdog, true, || gone(stream), stopped));
+        let side = std::pin::pin!(ended_from_outside(
+            watchdog,
+            true,
+            || client_gone(stream),
+            stopped
+        ));
         race(main.as_mut(), side).await
     };
     match won {
@@ -302,8 +307,7 @@ where
         {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                write_all(stream, out).await?;
-                out.clear();
+                flush(stream, out).await?;
                 body.frame().await
             }
         };
@@ -454,17 +458,22 @@ async fn gather(
     if out.len() + data.len() <= GATHER_BYTES {
         out.extend_from_slice(&data);
     } else {
-        write_all(stream, out).await?;
-        out.clear();
+        flush(stream, out).await?;
         write_all(stream, &data).await?;
     }
     if matches!(framing, Framing::Chunked) {
         out.extend_from_slice(b"\r\n");
     }
     if out.len() >= GATHER_BYTES {
-        write_all(stream, out).await?;
-        out.clear();
+        flush(stream, out).await?;
     }
+    Ok(())
+}
+
+/// Writes what has gathered in `out` to the client, and empties it.
+async fn flush(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    write_all(stream, out).await?;
+    out.clear();
     Ok(())
 }
 
@@ -481,19 +490,6 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether the client closed its side of the connection (or reset it). Reads nothing: a socket
-/// with no readiness is answered from tokio's readiness flags, without a syscall; a readable
-/// one is peeked, and bytes waiting (a pipelined request) mean it is still there.
-pub(super) fn gone(stream: &TcpStream) -> bool {
-    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    match stream.try_io(Interest::READABLE, || {
-        socket2::SockRef::from(stream).peek(&mut byte)
-    }) {
-        Ok(n) => n == 0,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-    }
 }
 
 /// Calls `f` with the `Date` header's value for now, formatted once a second per thread.
