@@ -1,6 +1,7 @@
 //! The cost of a pick and of an outcome (issue 8): each balancing algorithm called directly over
 //! 3, 30 and 300 backends; the same pick asked of a running pool actor, by one caller and by 16
-//! at once; and the per-outcome update of the breaker and the peak EWMA.
+//! at once, both as a ractor call and as the proxy asks (queued, one message per batch); and the
+//! per-outcome update of the breaker and the peak EWMA.
 //!
 //! `cargo bench --bench pick`. Nothing here opens a connection: the pool's backends are never
 //! dialled (a pick only hands out a lease), and its probes are an hour away.
@@ -10,7 +11,7 @@ use fulcrum::config::{Algorithm, CircuitBreaker, Config};
 use fulcrum::policy::balance::{for_algorithm, Candidate};
 use fulcrum::policy::breaker::Breaker;
 use fulcrum::policy::ewma::PeakEwma;
-use fulcrum::pool::{PoolActor, PoolArgs, PoolMsg};
+use fulcrum::pool::{Pool, PoolArgs, PoolMsg};
 use fulcrum::telemetry::metrics::Metrics;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -82,7 +83,7 @@ fn pool_config(n: usize, algorithm: Algorithm) -> Config {
     }
 }
 
-async fn spawn_pool(n: usize, algorithm: Algorithm) -> ractor::ActorRef<PoolMsg> {
+async fn spawn_pool(n: usize, algorithm: Algorithm) -> Pool {
     let config = pool_config(n, algorithm);
     let args = PoolArgs {
         upstream: config.upstreams[0].clone(),
@@ -90,28 +91,54 @@ async fn spawn_pool(n: usize, algorithm: Algorithm) -> ractor::ActorRef<PoolMsg>
         metrics: Metrics::new(),
         drain: Duration::from_secs(1),
     };
-    let (pool, _) = ractor::Actor::spawn(None, PoolActor, args)
-        .await
-        .expect("pool starts");
-    pool
+    Pool::spawn(args).await.expect("pool starts")
+}
+
+/// How a pick reaches the actor.
+#[derive(Clone, Copy)]
+enum Way {
+    /// A ractor call of [`PoolMsg::Pick`]: one message per pick.
+    Call,
+    /// The proxy's way, [`Pool::ask`]: queued, one message per batch.
+    Queued,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Call => "call",
+            Way::Queued => "queued",
+        }
+    }
 }
 
 /// One pick through the pool actor; the lease is dropped at once, as a finished request's is.
-async fn pick(pool: &ractor::ActorRef<PoolMsg>, key: u64) {
-    let answer = pool
-        .call(
-            |reply| PoolMsg::Pick {
-                key,
-                exclude: Vec::new(),
-                retry: None,
-                now: tokio::time::Instant::now(),
-                reply,
-            },
-            Some(Duration::from_secs(1)),
-        )
-        .await;
+async fn pick(pool: &Pool, way: Way, key: u64) {
+    let answer = match way {
+        Way::Call => match pool
+            .actor()
+            .call(
+                |reply| PoolMsg::Pick {
+                    key,
+                    exclude: Vec::new(),
+                    retry: None,
+                    now: Instant::now(),
+                    reply,
+                },
+                Some(Duration::from_secs(1)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
+            _ => None,
+        },
+        Way::Queued => match pool.ask(key, &[], None, Instant::now()) {
+            Some(answer) => answer.await.ok(),
+            None => None,
+        },
+    };
     match answer {
-        Ok(ractor::rpc::CallResult::Success(Ok(lease))) => drop(black_box(lease)),
+        Some(Ok(lease)) => drop(black_box(lease)),
         other => panic!("pick failed: {other:?}"),
     }
 }
@@ -126,39 +153,47 @@ fn pool_actor(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for n in SIZES {
         let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive));
-        group.bench_function(BenchmarkId::new("one_caller", n), |b| {
-            let mut key = 0u64;
-            b.to_async(&rt).iter(|| {
-                key = key.wrapping_add(1);
-                pick(&pool, key)
-            })
-        });
-        // 16 callers at once: the time per pick when the actor's mailbox is contended.
-        group.bench_function(BenchmarkId::new("16_callers", n), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let pool = pool.clone();
-                async move {
-                    let per = iters.div_ceil(16).max(1);
-                    let started = Instant::now();
-                    let tasks: Vec<_> = (0..16u64)
-                        .map(|t| {
-                            let pool = pool.clone();
-                            tokio::spawn(async move {
-                                for k in 0..per {
-                                    pick(&pool, t * per + k).await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.expect("caller");
-                    }
-                    // Per pick, as `iters` asked: the callers ran `16 × per` of them.
-                    started.elapsed().mul_f64(iters as f64 / (16 * per) as f64)
-                }
-            })
-        });
-        pool.stop(None);
+        for way in [Way::Call, Way::Queued] {
+            group.bench_function(
+                BenchmarkId::new(format!("one_caller_{}", way.name()), n),
+                |b| {
+                    let mut key = 0u64;
+                    b.to_async(&rt).iter(|| {
+                        key = key.wrapping_add(1);
+                        pick(&pool, way, key)
+                    })
+                },
+            );
+            // 16 callers at once: the time per pick when the actor's mailbox is contended.
+            group.bench_function(
+                BenchmarkId::new(format!("16_callers_{}", way.name()), n),
+                |b| {
+                    b.to_async(&rt).iter_custom(|iters| {
+                        let pool = pool.clone();
+                        async move {
+                            let per = iters.div_ceil(16).max(1);
+                            let started = Instant::now();
+                            let tasks: Vec<_> = (0..16u64)
+                                .map(|t| {
+                                    let pool = pool.clone();
+                                    tokio::spawn(async move {
+                                        for k in 0..per {
+                                            pick(&pool, way, t * per + k).await;
+                                        }
+                                    })
+                                })
+                                .collect();
+                            for t in tasks {
+                                t.await.expect("caller");
+                            }
+                            // Per pick, as `iters` asked: the callers ran `16 × per` of them.
+                            started.elapsed().mul_f64(iters as f64 / (16 * per) as f64)
+                        }
+                    })
+                },
+            );
+        }
+        pool.actor().stop(None);
     }
     group.finish();
 }

@@ -15,12 +15,12 @@
 //! changes them says so. Changes are serialised: one reload or admin change at a time.
 
 use crate::config::{BackendConfig, Config, ConfigErrors, Upstream};
-use crate::pool::{AdminState, Applied, ChangeError, PoolActor, PoolArgs, PoolMsg};
+use crate::pool::{AdminState, Applied, ChangeError, Pool, PoolArgs, PoolMsg};
 use crate::proxy::Proxy;
 use crate::telemetry::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ pub struct Control {
     /// The config last applied. Its lock serialises changes.
     config: tokio::sync::Mutex<Config>,
     /// The pool of each upstream, in config order: read by the admin listener.
-    pools: Mutex<Vec<(String, ActorRef<PoolMsg>)>>,
+    pools: Mutex<Vec<(String, Pool)>>,
     proxy: Arc<Proxy>,
     metrics: Metrics,
     token: ArcSwapOption<String>,
@@ -94,17 +94,14 @@ pub async fn spawn_pool(
     seed: Option<u64>,
     metrics: &Metrics,
     drain: Duration,
-) -> Result<ActorRef<PoolMsg>, String> {
+) -> Result<Pool, String> {
     let args = PoolArgs {
         upstream: upstream.clone(),
         seed,
         metrics: metrics.clone(),
         drain,
     };
-    Actor::spawn(None, PoolActor, args)
-        .await
-        .map(|(pool, _)| pool)
-        .map_err(|e| e.to_string())
+    Pool::spawn(args).await.map_err(|e| e.to_string())
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did.
@@ -118,7 +115,7 @@ impl Control {
     pub fn new(
         config: Config,
         source: Option<PathBuf>,
-        pools: Vec<(String, ActorRef<PoolMsg>)>,
+        pools: Vec<(String, Pool)>,
         proxy: Arc<Proxy>,
         metrics: Metrics,
         seed: Option<u64>,
@@ -136,7 +133,10 @@ impl Control {
 
     /// The pools now, in config order.
     pub fn pools(&self) -> Vec<(String, ActorRef<PoolMsg>)> {
-        lock(&self.pools).clone()
+        lock(&self.pools)
+            .iter()
+            .map(|(n, p)| (n.clone(), p.actor().clone()))
+            .collect()
     }
 
     /// The pool of upstream `name`.
@@ -144,7 +144,7 @@ impl Control {
         lock(&self.pools)
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
+            .map(|(_, p)| p.actor().clone())
     }
 
     /// The admin API's bearer token now, if one is set.
@@ -189,7 +189,7 @@ impl Control {
         if new.runtime != current.runtime {
             done.needs_restart.push("runtime");
         }
-        let old_pools = self.pools();
+        let old_pools = lock(&self.pools).clone();
         let drain = current.listen.drain_timeout;
         // New pools first: if one cannot start, nothing has changed yet.
         let mut started = Vec::new();
@@ -202,7 +202,7 @@ impl Control {
                 Ok(pool) => started.push((up.name.clone(), pool)),
                 Err(e) => {
                     for (_, p) in started {
-                        p.stop(None);
+                        p.actor().stop(None);
                     }
                     return Err(ReloadError::Pool(format!(
                         "cannot start the pool of upstream {}: {e}",
@@ -216,6 +216,7 @@ impl Control {
             if let Some((_, pool)) = old_pools.iter().find(|(n, _)| *n == up.name) {
                 let upstream = Box::new(up.clone());
                 match pool
+                    .actor()
                     .call(
                         |reply| PoolMsg::Reconfigure { upstream, reply },
                         Some(CHANGE_TIMEOUT),
@@ -239,7 +240,7 @@ impl Control {
         // Routes no longer lead to a removed upstream: its pool may drain now.
         for (name, pool) in &old_pools {
             if !new.upstreams.iter().any(|u| u.name == *name) {
-                let _ = pool.cast(PoolMsg::Retire);
+                let _ = pool.actor().cast(PoolMsg::Retire);
                 done.upstreams_removed.push(name.clone());
             }
         }

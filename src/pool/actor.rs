@@ -30,6 +30,7 @@
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::change::{AdminState, Applied, ChangeError};
 use super::lease::{BackendShared, Lease};
+use super::picks::{Picks, PoolStart};
 use super::probe;
 use crate::config::{Algorithm, BackendConfig, Upstream};
 use crate::policy::backoff::Backoff;
@@ -86,6 +87,8 @@ pub enum PoolMsg {
         now: Instant,
         reply: RpcReplyPort<Result<Lease, NoBackend>>,
     },
+    /// Answer the picks queued by the pool's [`super::Pool`] handle (the request path's way).
+    Picks,
     /// A request could not be retried because its body was too large to keep a copy of.
     BodyNotReplayable,
     /// A backend actor's view changed.
@@ -194,7 +197,7 @@ pub struct UpstreamStatus {
 #[derive(Debug, Default)]
 pub struct PoolActor;
 
-/// What a pool actor starts from.
+/// What a pool actor starts from, handed to [`super::Pool::spawn`].
 #[derive(Debug)]
 pub struct PoolArgs {
     /// The upstream's (validated) config.
@@ -249,6 +252,8 @@ pub struct PoolState {
     retries: std::collections::BTreeMap<&'static str, u64>,
     budget_exhausted: u64,
     body_too_large: u64,
+    /// The picks the request path queued.
+    picks: Arc<Picks>,
 }
 
 impl std::fmt::Debug for PoolState {
@@ -263,12 +268,12 @@ impl std::fmt::Debug for PoolState {
 impl Actor for PoolActor {
     type Msg = PoolMsg;
     type State = PoolState;
-    type Arguments = PoolArgs;
+    type Arguments = PoolStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PoolMsg>,
-        args: PoolArgs,
+        PoolStart { args, picks }: PoolStart,
     ) -> Result<PoolState, ActorProcessingErr> {
         let up = Arc::new(args.upstream);
         let rng = match args.seed {
@@ -293,6 +298,7 @@ impl Actor for PoolActor {
             retiring: false,
             sweeping: false,
             upstream: up.clone(),
+            picks,
         };
         for b in &up.backends {
             state.add_slot(&myself, b, false, epoch).await?;
@@ -316,6 +322,12 @@ impl Actor for PoolActor {
                 reply,
             } => {
                 let _ = reply.send(state.pick(key, &exclude, retry, now));
+            }
+            PoolMsg::Picks => {
+                let picks = state.picks.clone();
+                picks.drain(|p| {
+                    let _ = p.reply.send(state.pick(p.key, &p.exclude, p.retry, p.now));
+                });
             }
             PoolMsg::BodyNotReplayable => state.body_too_large += 1,
             PoolMsg::View { id, view } => state.update_view(id, view, Instant::now()),
@@ -613,6 +625,12 @@ impl PoolState {
         slots.clear();
         // One pass for what each candidate costs; weights need the best of them, so a second.
         let mut best = f64::INFINITY;
+        // Only the two duelling algorithms weigh latency: the others are spared its decay (an
+        // `exp` per candidate per pick).
+        let latencies = matches!(
+            self.upstream.algorithm,
+            Algorithm::Adaptive | Algorithm::P2cEwma
+        );
         let cap = self.upstream.circuit_breaker.max_inflight;
         let mut full = false;
         for i in 0..self.slots.len() {
@@ -624,7 +642,11 @@ impl PoolState {
                 full = true;
                 continue;
             }
-            let latency = self.effective_latency(i, now);
+            let latency = if latencies {
+                self.effective_latency(i, now)
+            } else {
+                0.0
+            };
             best = best.min(latency);
             candidates.push(Candidate {
                 id: s.shared.id,

@@ -6,7 +6,7 @@
 //! open breaker half-open on time, so recovery never waits for a request to arrive.
 
 use super::actor::PoolMsg;
-use super::outcomes::OutcomeQueue;
+use super::batch::Outcomes;
 use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
@@ -131,7 +131,7 @@ pub struct BackendArgs {
     pub(crate) pool: ActorRef<PoolMsg>,
     pub(crate) metrics: Arc<BackendMetrics>,
     /// The backend's queue of request outcomes.
-    pub(crate) outcomes: Arc<OutcomeQueue>,
+    pub(crate) outcomes: Arc<Outcomes>,
     /// Where the latency estimate starts: the pool's mean, so a new backend is not flooded.
     pub(crate) initial_latency: Duration,
     /// Whether it starts healthy: a restarted actor keeps what the probes had found.
@@ -148,7 +148,7 @@ pub struct BackendState {
     authority: Arc<str>,
     pool: ActorRef<PoolMsg>,
     metrics: Arc<BackendMetrics>,
-    outcomes: Arc<OutcomeQueue>,
+    outcomes: Arc<Outcomes>,
     ewma: PeakEwma,
     success: SuccessRate,
     breaker: Breaker,
@@ -437,7 +437,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
         let metrics = crate::telemetry::metrics::Metrics::new();
-        let outcomes = Arc::new(OutcomeQueue::default());
+        let outcomes = Arc::new(Outcomes::default());
         let args = BackendArgs {
             id: 0,
             upstream: upstream(),

@@ -7,7 +7,7 @@
 //! near enough, which is what exposes a hung backend long before any timeout fires.
 
 use super::backend::{BackendMsg, Outcome};
-use super::outcomes::OutcomeQueue;
+use super::batch::Outcomes;
 use crate::policy::balance::BackendId;
 use crate::telemetry::metrics::BackendMetrics;
 use http::HeaderValue;
@@ -26,7 +26,7 @@ pub(crate) struct BackendShared {
     host: Option<HeaderValue>,
     pub(crate) metrics: Arc<BackendMetrics>,
     /// Outcomes on their way to the backend's actor; it outlives each life of the actor.
-    pub(crate) outcomes: Arc<OutcomeQueue>,
+    pub(crate) outcomes: Arc<Outcomes>,
     inflight: AtomicU32,
     picks: AtomicU64,
     /// Time base of the two stamps below.

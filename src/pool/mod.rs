@@ -5,12 +5,14 @@
 
 mod actor;
 mod backend;
+mod batch;
 mod change;
 mod lease;
-mod outcomes;
+mod picks;
 mod probe;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
 pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
 pub use change::{AdminState, Applied, ChangeError};
 pub use lease::Lease;
+pub use picks::{PickAnswer, Pool, PoolStart};

@@ -21,7 +21,7 @@ use crate::config::{Config, Timeouts};
 use crate::patience::patient;
 use crate::policy::balance::{hash_bytes, BackendId};
 use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
-use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, PoolMsg};
+use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, Pool, PoolMsg};
 use crate::server::{ClientBody, Peer};
 use crate::telemetry::access::{self, Access};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
@@ -30,8 +30,6 @@ use body::{boxed, text, AnswerBody, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, SendError, TryError, TryHead};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Empty, Limited};
-use hyper::upgrade::OnUpgrade;
-use ractor::ActorRef;
 use replay::RequestBody;
 use route::Router;
 use std::net::SocketAddr;
@@ -48,7 +46,7 @@ const PICK_TIMEOUT: Duration = Duration::from_secs(1);
 struct UpstreamHandle {
     name: Arc<str>,
     metrics: Arc<UpstreamMetrics>,
-    pool: ActorRef<PoolMsg>,
+    pool: Pool,
     forwarder: Forwarder,
     timeouts: Timeouts,
     retry: RetryPolicy,
@@ -130,7 +128,7 @@ impl Routes {
     /// pooled connections.
     fn new(
         config: &Config,
-        pools: &[ActorRef<PoolMsg>],
+        pools: &[Pool],
         metrics: &Metrics,
         previous: Option<&Routes>,
     ) -> Routes {
@@ -169,7 +167,7 @@ impl Routes {
 impl Proxy {
     /// A proxy over `config`'s upstreams, each answered by its pool actor in `pools` (same
     /// order), counting into `metrics`.
-    pub fn new(config: &Config, pools: &[ActorRef<PoolMsg>], metrics: &Metrics) -> Proxy {
+    pub fn new(config: &Config, pools: &[Pool], metrics: &Metrics) -> Proxy {
         Proxy {
             front: Front {
                 max_uri_bytes: config.listen.max_uri_bytes,
@@ -185,7 +183,7 @@ impl Proxy {
     /// Switches new requests to the routes and upstreams of `config` (a reload); requests in
     /// flight finish on the routes they started with. Upstreams whose timeouts are unchanged keep
     /// their pooled connections.
-    pub fn reroute(&self, config: &Config, pools: &[ActorRef<PoolMsg>]) {
+    pub fn reroute(&self, config: &Config, pools: &[Pool]) {
         let previous = self.routes.load();
         let next = Routes::new(config, pools, &self.metrics, Some(&previous));
         self.routes.store(Arc::new(next));
@@ -214,201 +212,199 @@ impl Proxy {
             Instant::now(),
         );
         let upgrade = upgrade::requested(&req).map(|p| (p, hyper::upgrade::on(&mut req)));
-        let mut resp = self.serve(&routes, req, upgrade, &client, &mut entry).await;
+        // One async fn rather than this and a `serve` it awaits: each level's future is copied
+        // whole into its caller's when awaited, and the two were 5 KiB a request.
+        let mut resp: Response<AnswerBody> = 'serve: {
+            let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+            if uri_len > self.front.max_uri_bytes {
+                break 'serve own(text(
+                    StatusCode::URI_TOO_LONG,
+                    &format!("the URI is longer than {} bytes", self.front.max_uri_bytes),
+                ));
+            }
+            let max_body = self.front.max_body_bytes;
+            if max_body > 0 && declared_length(req.headers()).is_some_and(|n| n > max_body) {
+                break 'serve body_too_large(max_body);
+            }
+            let host = request_host(&req);
+            let host_text = host.as_ref().and_then(|h| h.to_str().ok());
+            let Some(index) = routes.router.route(host_text, req.uri().path()) else {
+                break 'serve own(text(
+                    StatusCode::NOT_FOUND,
+                    "no upstream matches this host and path",
+                ));
+            };
+            let upstream = &routes.upstreams[index];
+            entry.routed(upstream.name.clone(), upstream.metrics.clone());
+            let (protocol, mut client_upgrade) = upgrade.unzip();
+            let request_id = entry.request_id().clone();
+            let (template, body) = prepare(
+                req,
+                client.ip().clone(),
+                host.as_ref(),
+                self.front.via,
+                protocol,
+                request_id,
+            );
+            let limit = if max_body > 0 {
+                usize::try_from(max_body).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            };
+            let mut body = match RequestBody::prepare(
+                Limited::new(body, limit),
+                &template.headers,
+                upstream.replay_limit,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) if replay::is_body_limit(&*e) => break 'serve body_too_large(max_body),
+                Err(_) => {
+                    break 'serve own(text(StatusCode::BAD_REQUEST, "request body ended abruptly"))
+                }
+            };
+            // From the request's arrival, as the access entry has it: the clock is read once for both.
+            let deadline = entry.started() + upstream.timeouts.request;
+            let key = client_key(client.addr());
+            // The backends tried, for the next pick to avoid: filled only when a retry follows, so
+            // that a request answered at its first try allocates nothing for it.
+            let mut tried: Vec<BackendId> = Vec::new();
+            let mut last: Option<LastFailure> = None;
+            let mut retry_reason: Option<&'static str> = None;
+            loop {
+                // One reading of the clock serves the deadline, the pick's patience, the try's
+                // latency and its connection checkout (clock reads were 7% of fulcrum's user time).
+                let started = Instant::now();
+                let remaining = deadline.saturating_duration_since(started);
+                if remaining.is_zero() {
+                    // The overall deadline bounds retries: answer with what the last try got.
+                    break 'serve answer_failure(
+                        last.or(Some(LastFailure::Try(TryError::Timeout))),
+                        "",
+                    );
+                }
+                let lease = match pick(&upstream.pool, key, &tried, retry_reason, started).await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        let none = matches!(
+                            e,
+                            PickError::NoBackend(NoBackend::NoneAvailable | NoBackend::AtCapacity)
+                        );
+                        if last.is_none() && none {
+                            upstream.metrics.no_backend();
+                        }
+                        break 'serve answer_failure(last, e.reason());
+                    }
+                };
+                let Some(try_body) = body.for_try() else {
+                    // A one-shot body went with an earlier try; `may_retry` prevents getting here.
+                    break 'serve answer_failure(last, "request body cannot be sent again");
+                };
+                let id = lease.id();
+                entry.try_to(lease.authority().clone());
+                let host = if upstream.preserve_host {
+                    None
+                } else {
+                    lease.host()
+                };
+                let result = upstream
+                    .forwarder
+                    .send(
+                        lease.authority(),
+                        template.head(host),
+                        try_body,
+                        started,
+                        upstream.timeouts.response.min(remaining),
+                    )
+                    .await;
+                let ended = Instant::now();
+                let latency = ended.saturating_duration_since(started);
+                let failure = match result {
+                    Ok(mut resp) => {
+                        let status = resp.status().as_u16();
+                        let failed = upstream.retry.is_failure_status(status);
+                        entry.answered_by(Some(lease.metrics().clone()));
+                        lease.report(
+                            Outcome {
+                                kind: if failed {
+                                    OutcomeKind::Status(status)
+                                } else {
+                                    OutcomeKind::Success
+                                },
+                                latency,
+                            },
+                            ended,
+                        );
+                        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                        let backend_upgrade = resp.headers().get(header::UPGRADE).cloned();
+                        headers::strip_hop_by_hop(resp.headers_mut());
+                        if self.front.via {
+                            let hop = via(resp.version());
+                            headers::append_via(resp.headers_mut(), hop);
+                        }
+                        if switching {
+                            break 'serve match (client_upgrade.take(), backend_upgrade) {
+                                (Some(on), Some(p)) => {
+                                    upgrade::restore(resp.headers_mut(), p);
+                                    self.tunnels.open(on, &mut resp, lease);
+                                    resp.map(|_| AnswerBody::Other(boxed(Empty::new())))
+                                }
+                                // A 101 nobody asked for, or without its protocol: nothing to join.
+                                _ => own(text(
+                                    StatusCode::BAD_GATEWAY,
+                                    "backend switched protocols unasked",
+                                )),
+                            };
+                        }
+                        let resp = resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease)));
+                        if !failed {
+                            break 'serve resp;
+                        }
+                        last = Some(LastFailure::Response(Box::new(resp)));
+                        Failure::Status(status)
+                    }
+                    Err(SendError::BodyLimit) => {
+                        // The client's body outgrew the limit while streaming: the backend did
+                        // nothing wrong, so nothing is reported against it.
+                        break 'serve body_too_large(max_body);
+                    }
+                    Err(SendError::Try(e)) => {
+                        lease.report(
+                            Outcome {
+                                kind: e.outcome(),
+                                latency,
+                            },
+                            ended,
+                        );
+                        entry.answered_by(None);
+                        last = Some(LastFailure::Try(e));
+                        e.failure()
+                    }
+                };
+                // This try and the earlier ones.
+                if tried.len() + 1 > upstream.retry.attempts() as usize {
+                    break 'serve answer_failure(last, "");
+                }
+                match upstream
+                    .retry
+                    .may_retry(failure, &template.method, body.replayable())
+                {
+                    Ok(()) => {
+                        retry_reason = Some(failure.reason());
+                        tried.push(id);
+                    }
+                    Err(NoRetry::BodyNotReplayable) => {
+                        let _ = upstream.pool.actor().cast(PoolMsg::BodyNotReplayable);
+                        break 'serve answer_failure(last, "");
+                    }
+                    Err(_) => break 'serve answer_failure(last, ""),
+                }
+            }
+        };
         entry.respond(resp.status().as_u16());
         resp.headers_mut().insert(access::REQUEST_ID, id);
         resp.map(|b| HoldBody::new(b, entry))
-    }
-
-    async fn serve(
-        &self,
-        routes: &Routes,
-        req: Request<ClientBody>,
-        upgrade: Option<(HeaderValue, OnUpgrade)>,
-        client: &Peer,
-        entry: &mut Access,
-    ) -> Response<AnswerBody> {
-        let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-        if uri_len > self.front.max_uri_bytes {
-            return own(text(
-                StatusCode::URI_TOO_LONG,
-                &format!("the URI is longer than {} bytes", self.front.max_uri_bytes),
-            ));
-        }
-        let max_body = self.front.max_body_bytes;
-        if max_body > 0 && declared_length(req.headers()).is_some_and(|n| n > max_body) {
-            return body_too_large(max_body);
-        }
-        let host = request_host(&req);
-        let host_text = host.as_ref().and_then(|h| h.to_str().ok());
-        let Some(index) = routes.router.route(host_text, req.uri().path()) else {
-            return own(text(
-                StatusCode::NOT_FOUND,
-                "no upstream matches this host and path",
-            ));
-        };
-        let upstream = &routes.upstreams[index];
-        entry.routed(upstream.name.clone(), upstream.metrics.clone());
-        let (protocol, mut client_upgrade) = upgrade.unzip();
-        let request_id = entry.request_id().clone();
-        let (template, body) = prepare(
-            req,
-            client.ip().clone(),
-            host.as_ref(),
-            self.front.via,
-            protocol,
-            request_id,
-        );
-        let limit = if max_body > 0 {
-            usize::try_from(max_body).unwrap_or(usize::MAX)
-        } else {
-            usize::MAX
-        };
-        let mut body = match RequestBody::prepare(
-            Limited::new(body, limit),
-            &template.headers,
-            upstream.replay_limit,
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(e) if replay::is_body_limit(&*e) => return body_too_large(max_body),
-            Err(_) => return own(text(StatusCode::BAD_REQUEST, "request body ended abruptly")),
-        };
-        // From the request's arrival, as the access entry has it: the clock is read once for both.
-        let deadline = entry.started() + upstream.timeouts.request;
-        let key = client_key(client.addr());
-        // The backends tried, for the next pick to avoid: filled only when a retry follows, so
-        // that a request answered at its first try allocates nothing for it.
-        let mut tried: Vec<BackendId> = Vec::new();
-        let mut last: Option<LastFailure> = None;
-        let mut retry_reason: Option<&'static str> = None;
-        loop {
-            // One reading of the clock serves the deadline, the pick's patience, the try's
-            // latency and its connection checkout (clock reads were 7% of fulcrum's user time).
-            let started = Instant::now();
-            let remaining = deadline.saturating_duration_since(started);
-            if remaining.is_zero() {
-                // The overall deadline bounds retries: answer with what the last try got.
-                return answer_failure(last.or(Some(LastFailure::Try(TryError::Timeout))), "");
-            }
-            let lease = match pick(&upstream.pool, key, &tried, retry_reason, started).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    let none = matches!(
-                        e,
-                        PickError::NoBackend(NoBackend::NoneAvailable | NoBackend::AtCapacity)
-                    );
-                    if last.is_none() && none {
-                        upstream.metrics.no_backend();
-                    }
-                    return answer_failure(last, e.reason());
-                }
-            };
-            let Some(try_body) = body.for_try() else {
-                // A one-shot body went with an earlier try; `may_retry` prevents getting here.
-                return answer_failure(last, "request body cannot be sent again");
-            };
-            let id = lease.id();
-            entry.try_to(lease.authority().clone());
-            let host = if upstream.preserve_host {
-                None
-            } else {
-                lease.host()
-            };
-            let result = upstream
-                .forwarder
-                .send(
-                    lease.authority(),
-                    template.head(host),
-                    try_body,
-                    started,
-                    upstream.timeouts.response.min(remaining),
-                )
-                .await;
-            let ended = Instant::now();
-            let latency = ended.saturating_duration_since(started);
-            let failure = match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let failed = upstream.retry.is_failure_status(status);
-                    entry.answered_by(Some(lease.metrics().clone()));
-                    lease.report(
-                        Outcome {
-                            kind: if failed {
-                                OutcomeKind::Status(status)
-                            } else {
-                                OutcomeKind::Success
-                            },
-                            latency,
-                        },
-                        ended,
-                    );
-                    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    let backend_upgrade = resp.headers().get(header::UPGRADE).cloned();
-                    headers::strip_hop_by_hop(resp.headers_mut());
-                    if self.front.via {
-                        let hop = via(resp.version());
-                        headers::append_via(resp.headers_mut(), hop);
-                    }
-                    if switching {
-                        return match (client_upgrade.take(), backend_upgrade) {
-                            (Some(on), Some(p)) => {
-                                upgrade::restore(resp.headers_mut(), p);
-                                self.tunnels.open(on, &mut resp, lease);
-                                resp.map(|_| AnswerBody::Other(boxed(Empty::new())))
-                            }
-                            // A 101 nobody asked for, or without its protocol: nothing to join.
-                            _ => own(text(
-                                StatusCode::BAD_GATEWAY,
-                                "backend switched protocols unasked",
-                            )),
-                        };
-                    }
-                    let resp = resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease)));
-                    if !failed {
-                        return resp;
-                    }
-                    last = Some(LastFailure::Response(Box::new(resp)));
-                    Failure::Status(status)
-                }
-                Err(SendError::BodyLimit) => {
-                    // The client's body outgrew the limit while streaming: the backend did
-                    // nothing wrong, so nothing is reported against it.
-                    return body_too_large(max_body);
-                }
-                Err(SendError::Try(e)) => {
-                    lease.report(
-                        Outcome {
-                            kind: e.outcome(),
-                            latency,
-                        },
-                        ended,
-                    );
-                    entry.answered_by(None);
-                    last = Some(LastFailure::Try(e));
-                    e.failure()
-                }
-            };
-            // This try and the earlier ones.
-            if tried.len() + 1 > upstream.retry.attempts() as usize {
-                return answer_failure(last, "");
-            }
-            match upstream
-                .retry
-                .may_retry(failure, &template.method, body.replayable())
-            {
-                Ok(()) => {
-                    retry_reason = Some(failure.reason());
-                    tried.push(id);
-                }
-                Err(NoRetry::BodyNotReplayable) => {
-                    let _ = upstream.pool.cast(PoolMsg::BodyNotReplayable);
-                    return answer_failure(last, "");
-                }
-                Err(_) => return answer_failure(last, ""),
-            }
-        }
     }
 }
 
@@ -485,7 +481,7 @@ impl PickError {
 
 /// Asks the pool actor for a backend.
 async fn pick(
-    pool: &ActorRef<PoolMsg>,
+    pool: &Pool,
     key: u64,
     tried: &[BackendId],
     retry: Option<&'static str>,
@@ -493,18 +489,10 @@ async fn pick(
 ) -> Result<Lease, PickError> {
     // ractor's `call` with a timeout, but timed from the caller's `now` rather than a clock
     // read of its own, and with no timer armed when the answer comes at once (see `patient`).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let asked = pool.cast(PoolMsg::Pick {
-        key,
-        exclude: tried.to_vec(),
-        retry,
-        now,
-        reply: tx.into(),
-    });
-    if asked.is_err() {
+    let Some(answer) = pool.ask(key, tried, retry, now) else {
         return Err(PickError::NotAnswering);
-    }
-    match patient(rx, now + PICK_TIMEOUT).await {
+    };
+    match patient(answer, now + PICK_TIMEOUT).await {
         Some(Ok(answer)) => answer.map_err(PickError::NoBackend),
         _ => Err(PickError::NotAnswering),
     }
