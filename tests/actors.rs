@@ -48,13 +48,28 @@ async fn a_lease_counts_in_flight_until_dropped() {
     assert_eq!(ids, vec![0, 1, 2]);
     let inflight = |s: &UpstreamStatus| s.backends.iter().map(|b| b.inflight).collect::<Vec<_>>();
     assert_eq!(inflight(&status(&pool).await), vec![1, 1, 1]);
+    // The gauge is set from the same count when /metrics is scraped.
+    assert_eq!(inflight_gauges(&server).await, vec![1.0, 1.0, 1.0]);
     let fourth = pick(&pool).await;
     assert_eq!(fourth.inflight(), 2);
     drop(leases);
     assert_eq!(fourth.inflight(), 1);
     drop(fourth);
     assert_eq!(inflight(&status(&pool).await), vec![0, 0, 0]);
+    assert_eq!(inflight_gauges(&server).await, vec![0.0, 0.0, 0.0]);
     server.shutdown().await;
+}
+
+/// `fulcrum_backend_inflight` of each backend, as a scrape of /metrics says, in text order.
+async fn inflight_gauges(server: &fulcrum::server::Server) -> Vec<f64> {
+    let scrape = get(&client(), server.admin_addr(), "/metrics", None).await;
+    assert_eq!(scrape.status, 200);
+    scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("fulcrum_backend_inflight{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
 }
 
 #[tokio::test]

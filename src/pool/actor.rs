@@ -777,6 +777,7 @@ impl PoolState {
             success_rate: s.view.success_rate,
             healthy: in_rotation,
             circuit: s.view.circuit,
+            inflight: s.shared.inflight(),
         }
     }
 

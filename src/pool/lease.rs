@@ -106,7 +106,6 @@ impl Lease {
                 .store(shared.stamp(now), Ordering::Relaxed);
         }
         shared.picks.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.inflight(true);
         Lease { shared, actor }
     }
 
@@ -153,6 +152,5 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.shared.metrics.inflight(false);
     }
 }

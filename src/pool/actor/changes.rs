@@ -257,6 +257,7 @@ impl PoolState {
                 success_rate: 0.0,
                 healthy: false,
                 circuit: CircuitState::Closed,
+                inflight: 0,
             });
             if let Some(actor) = slot.actor {
                 // Out of the slots first, so the supervisor does not restart it.
