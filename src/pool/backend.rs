@@ -373,6 +373,7 @@ impl BackendState {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::pool::batch::Nudge;
     use ractor::RpcReplyPort;
     use tokio::sync::mpsc;
 
@@ -455,7 +456,7 @@ mod tests {
             latency: Duration::from_millis(1),
         };
         for _ in 0..3 {
-            if outcomes.push(failure) {
+            if outcomes.push(failure, true) == Nudge::Now {
                 backend.cast(BackendMsg::Outcomes).unwrap();
             }
         }

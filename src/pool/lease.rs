@@ -7,7 +7,7 @@
 //! near enough, which is what exposes a hung backend long before any timeout fires.
 
 use super::backend::{BackendMsg, Outcome};
-use super::batch::Outcomes;
+use super::batch::{Nudge, Outcomes, COALESCE};
 use crate::policy::balance::BackendId;
 use crate::telemetry::metrics::BackendMetrics;
 use http::HeaderValue;
@@ -141,10 +141,31 @@ impl Lease {
             .last_answer
             .store(self.shared.stamp(now), Ordering::Relaxed);
         self.shared.metrics.outcome(outcome.kind, outcome.latency);
-        if self.shared.outcomes.push(outcome) && self.actor.cast(BackendMsg::Outcomes).is_err() {
-            // This lease's actor died since the pick. Its successor drains when it starts; for
-            // what comes after, the next report must send the message again.
-            self.shared.outcomes.unnudge();
+        match self
+            .shared
+            .outcomes
+            .push(outcome, outcome.kind.is_failure())
+        {
+            Nudge::None => {}
+            Nudge::Now => {
+                if self.actor.cast(BackendMsg::Outcomes).is_err() {
+                    // This lease's actor died since the pick. Its successor drains when it
+                    // starts; for what comes after, the next report must send the message again.
+                    self.shared.outcomes.unnudge();
+                }
+            }
+            Nudge::Later => {
+                let (actor, shared) = (self.actor.clone(), self.shared.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(COALESCE).await;
+                    // Should the actor have died meanwhile, the next report must ask again
+                    // (ractor's `send_after` would drop the message unseen, and no report
+                    // would ask again).
+                    if actor.cast(BackendMsg::Outcomes).is_err() {
+                        shared.outcomes.unnudge();
+                    }
+                });
+            }
         }
     }
 }

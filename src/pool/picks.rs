@@ -6,7 +6,7 @@
 //! its ports, the panic guard), paid once per batch instead of once per request.
 
 use super::actor::{NoBackend, PoolActor, PoolArgs, PoolMsg};
-use super::batch::Batch;
+use super::batch::{Batch, Nudge};
 use super::lease::Lease;
 use crate::policy::balance::BackendId;
 use ractor::{Actor, ActorRef, SpawnErr};
@@ -81,7 +81,8 @@ impl Pool {
             now,
             reply,
         };
-        if self.picks.push(request) && self.actor.cast(PoolMsg::Picks).is_err() {
+        if self.picks.push(request, true) == Nudge::Now && self.actor.cast(PoolMsg::Picks).is_err()
+        {
             // The pick stays queued, unanswered, and its receiver goes with this return.
             self.picks.unnudge();
             return None;
