@@ -4,11 +4,13 @@
 //! message carries many items, where one per item woke the actor (and paid ractor's boxing,
 //! its port select and its panic guard) as often as requests came.
 //!
-//! An item is urgent or can wait. An urgent one (a pick, a failed try) is sent for at once,
-//! even when a message that waits is on its way. One that can wait (a successful try's
-//! outcome) is sent for [`COALESCE`] later, so that the outcomes of a millisecond's requests
-//! reach their backend's actor in one message rather than a few each: at 16 connections
-//! outcomes came one or two to a message, which cost as much as folding them.
+//! An item is urgent or can wait. An urgent one (a pick, a failed try, the outcome of the only
+//! request in flight to its backend) is sent for at once, even when a message that waits is on
+//! its way. One that can wait (a successful try's outcome while others are in flight) is sent
+//! for [`COALESCE`] later, so that the outcomes of a millisecond's requests reach their
+//! backend's actor in one message rather than a few each: at 16 connections outcomes came one
+//! or two to a message, which cost as much as folding them. At one request at a time the wait
+//! would only add a wake-up of the thread for its timer, so nothing waits then.
 //!
 //! Two queues use it: a backend's request outcomes ([`Outcomes`]) and a pool's picks
 //! ([`super::picks::Picks`]).

@@ -141,11 +141,11 @@ impl Lease {
             .last_answer
             .store(self.shared.stamp(now), Ordering::Relaxed);
         self.shared.metrics.outcome(outcome.kind, outcome.latency);
-        match self
-            .shared
-            .outcomes
-            .push(outcome, outcome.kind.is_failure())
-        {
+        // A failure goes at once; so does an outcome when nothing else is in flight to this
+        // backend, since no other is coming to share the message and waiting would only cost
+        // the thread a wake-up of its own.
+        let urgent = outcome.kind.is_failure() || self.shared.inflight() <= 1;
+        match self.shared.outcomes.push(outcome, urgent) {
             Nudge::None => {}
             Nudge::Now => {
                 if self.actor.cast(BackendMsg::Outcomes).is_err() {
