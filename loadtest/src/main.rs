@@ -197,12 +197,16 @@ struct BenchArgs {
     /// Concurrent connections of each measure, comma-separated.
     #[arg(long, default_value = "1,16,128", value_delimiter = ',')]
     connections: Vec<usize>,
-    /// How long each measure counts.
+    /// How long each measure counts, over all its turns.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
     duration: Duration,
-    /// Load before each measure starts counting.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    /// Load before each turn starts counting.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     warmup: Duration,
+    /// The turns each measure is split into, the targets taking turns, so that a drift in
+    /// the machine's speed falls on all of them alike.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
     /// Idle keep-alive connections for the memory measure (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -239,11 +243,15 @@ async fn run_bench(a: BenchArgs) -> Result<(), String> {
     if a.duration.is_zero() {
         return Err("--duration must be above 0".into());
     }
+    if a.rounds == 0 {
+        return Err("--rounds must be 1 or more".into());
+    }
     let mut opts = bench::Options::new(fulcrum, exe);
     opts.against = against;
     opts.connections = a.connections;
     opts.duration = a.duration;
     opts.warmup = a.warmup;
+    opts.rounds = a.rounds;
     opts.idle = a.idle;
     if a.quick {
         opts = opts.quick();

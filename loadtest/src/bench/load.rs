@@ -51,6 +51,14 @@ impl Tally {
         }
     }
 
+    /// Adds what `other` saw (another turn of the same measure).
+    pub fn absorb(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        // Both have the same bounds (`empty`): adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
+
     /// The latency at `q` (0..=100) percent.
     pub fn percentile(&self, q: f64) -> Duration {
         Duration::from_nanos(self.latency.value_at_percentile(q))

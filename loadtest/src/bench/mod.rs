@@ -1,8 +1,10 @@
 //! `loadtest bench`: fulcrum beside nginx and HAProxy, in one run on one machine. Three fast
-//! backends run in a process of their own; each proxy in turn is started in front of them
-//! (one worker each, then each with its default worker count) and driven by closed-loop load at
-//! each connection count; its CPU time and memory are read from /proc. Talking to the backends
-//! directly is measured too, as the ceiling.
+//! backends run in a process of their own; the proxies are started in front of them (one worker
+//! each, then each with its default worker count) and driven by closed-loop load at each
+//! connection count, taking turns: each target's count is gathered over several turns (two by
+//! default), so that a drift in the machine's speed, which on a shared VM can be 20% in a
+//! minute, falls on all of them alike. Their CPU time and memory are read from /proc. Talking to
+//! the backends directly is measured too, as the ceiling.
 
 pub mod backends;
 pub mod idle;
@@ -31,10 +33,12 @@ pub struct Options {
     pub against: Vec<Kind>,
     /// Concurrent connections of each measure (default 1, 16, 128).
     pub connections: Vec<usize>,
-    /// Load before each measure starts counting (default 1 s).
+    /// Load before each turn starts counting (default 500 ms).
     pub warmup: Duration,
-    /// How long each measure counts (default 4 s).
+    /// How long each measure counts, over all its turns (default 4 s).
     pub duration: Duration,
+    /// The turns each measure's count is split into, the targets taking turns (default 2).
+    pub rounds: u32,
     /// Idle keep-alive connections for the memory measure; 0 skips it (default 10,000).
     pub idle: usize,
     /// Where each proxy's config and logs go.
@@ -49,8 +53,9 @@ impl Options {
             loadtest,
             against: vec![Kind::Nginx, Kind::Haproxy],
             connections: vec![1, 16, 128],
-            warmup: Duration::from_secs(1),
+            warmup: Duration::from_millis(500),
             duration: Duration::from_secs(4),
+            rounds: 2,
             idle: 10_000,
             workdir: std::env::temp_dir().join(format!("loadtest-bench-{}", std::process::id())),
         }
@@ -61,6 +66,7 @@ impl Options {
         Options {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(400),
+            rounds: 1,
             idle: self.idle.min(500),
             ..self
         }
@@ -87,6 +93,17 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// Adds `turn`, a later turn of the same measure.
+    fn absorb(&mut self, turn: Cell) {
+        self.tally.absorb(&turn.tally);
+        self.seconds += turn.seconds;
+        self.cpu = match (self.cpu, turn.cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.peak_rss = self.peak_rss.max(turn.peak_rss);
+    }
+
     /// 2xx answers per second.
     pub fn rate(&self) -> f64 {
         self.tally.ok as f64 / self.seconds.max(f64::MIN_POSITIVE)
@@ -181,23 +198,40 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, Str
                 }
             }
         }
+        let rounds = opts.rounds.max(1);
         for &n in &opts.connections {
-            progress(&format!(
-                "{}: direct to the backends, {n} connections",
-                table::workers(workers)
-            ));
-            results
-                .cells
-                .push(measure(None, workers, &direct, n, None, opts).await);
-            for (kind, proxy) in &running {
+            // Direct first, then each proxy; a turn of each, then the next turn.
+            let mut cells: Vec<Cell> = Vec::new();
+            for round in 1..=rounds {
+                let turn = if rounds > 1 {
+                    format!(" (turn {round} of {rounds})")
+                } else {
+                    String::new()
+                };
                 progress(&format!(
-                    "{}: {kind}, {n} connections",
+                    "{}: direct to the backends, {n} connections{turn}",
                     table::workers(workers)
                 ));
-                let tree = Tree::new(proxy.pid);
-                let cell = measure(Some(*kind), workers, &[proxy.addr], n, Some(&tree), opts).await;
-                results.cells.push(cell);
+                let mut made = vec![measure(None, workers, &direct, n, None, opts).await];
+                for (kind, proxy) in &running {
+                    progress(&format!(
+                        "{}: {kind}, {n} connections{turn}",
+                        table::workers(workers)
+                    ));
+                    let tree = Tree::new(proxy.pid);
+                    made.push(
+                        measure(Some(*kind), workers, &[proxy.addr], n, Some(&tree), opts).await,
+                    );
+                }
+                if cells.is_empty() {
+                    cells = made;
+                } else {
+                    for (cell, turn) in cells.iter_mut().zip(made) {
+                        cell.absorb(turn);
+                    }
+                }
             }
+            results.cells.extend(cells);
         }
         for (kind, proxy) in running {
             if workers == Workers::One && opts.idle > 0 {
@@ -226,10 +260,11 @@ async fn measure(
     tree: Option<&Tree>,
     opts: &Options,
 ) -> Cell {
+    let counted = opts.duration / opts.rounds.max(1);
     let now = Instant::now();
     let window = Window {
         start: now + opts.warmup,
-        end: now + opts.warmup + opts.duration,
+        end: now + opts.warmup + counted,
     };
     let cpu = async {
         let tree = tree?;
@@ -244,7 +279,7 @@ async fn measure(
         workers,
         connections,
         tally,
-        seconds: opts.duration.as_secs_f64(),
+        seconds: counted.as_secs_f64(),
         cpu,
         peak_rss: tree.map(Tree::peak_rss),
     }
@@ -292,5 +327,48 @@ fn raise_file_limit() {
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(ok: u64, latency_ms: u64, seconds: f64, user: f64, rss: u64) -> Cell {
+        let mut tally = Tally::empty();
+        tally.ok = ok;
+        tally.errors = 1;
+        for _ in 0..ok {
+            tally.latency.record(latency_ms * 1_000_000).unwrap();
+        }
+        Cell {
+            proxy: Some(Kind::Nginx),
+            workers: Workers::One,
+            connections: 16,
+            tally,
+            seconds,
+            cpu: Some(Cpu {
+                user,
+                system: 2.0 * user,
+            }),
+            peak_rss: Some(rss),
+        }
+    }
+
+    /// Two turns of a measure add up to one: answers, errors, time and CPU summed, latencies
+    /// pooled, the higher peak kept.
+    #[test]
+    fn turns_add_up() {
+        let mut cell = turn(300, 1, 2.0, 0.5, 10);
+        cell.absorb(turn(100, 9, 2.0, 0.25, 12));
+        assert_eq!(cell.tally.ok, 400);
+        assert_eq!(cell.tally.errors, 2);
+        assert_eq!(cell.seconds, 4.0);
+        assert_eq!(cell.rate(), 100.0);
+        let cpu = cell.cpu.unwrap();
+        assert_eq!((cpu.user, cpu.system), (0.75, 1.5));
+        assert_eq!(cell.peak_rss, Some(12));
+        assert_eq!(cell.tally.percentile(50.0).as_millis(), 1);
+        assert_eq!(cell.tally.percentile(99.0).as_millis(), 9);
     }
 }

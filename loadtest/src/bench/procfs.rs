@@ -37,6 +37,17 @@ impl Cpu {
     }
 }
 
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
 impl std::ops::Sub for Cpu {
     type Output = Cpu;
 
