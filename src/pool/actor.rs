@@ -30,7 +30,7 @@
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::change::{AdminState, Applied, ChangeError};
 use super::lease::{BackendShared, Lease};
-use super::picks::{Picks, PoolStart};
+use super::picks::{PickAnswer, Picks, PoolStart};
 use super::probe;
 use crate::config::{Algorithm, BackendConfig, Upstream};
 use crate::policy::backoff::Backoff;
@@ -85,7 +85,7 @@ pub enum PoolMsg {
         exclude: Vec<BackendId>,
         retry: Option<&'static str>,
         now: Instant,
-        reply: RpcReplyPort<Result<Lease, NoBackend>>,
+        reply: RpcReplyPort<PickAnswer>,
     },
     /// Answer the picks queued by the pool's [`super::Pool`] handle (the request path's way).
     Picks,

@@ -147,26 +147,25 @@ impl Lease {
         let urgent = outcome.kind.is_failure() || self.shared.inflight() <= 1;
         match self.shared.outcomes.push(outcome, urgent) {
             Nudge::None => {}
-            Nudge::Now => {
-                if self.actor.cast(BackendMsg::Outcomes).is_err() {
-                    // This lease's actor died since the pick. Its successor drains when it
-                    // starts; for what comes after, the next report must send the message again.
-                    self.shared.outcomes.unnudge();
-                }
-            }
+            Nudge::Now => ask_to_drain(&self.actor, &self.shared),
             Nudge::Later => {
+                // From a task of ours rather than ractor's `send_after`, which drops the
+                // message unseen when the actor has died meanwhile: no report would ask again.
                 let (actor, shared) = (self.actor.clone(), self.shared.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(COALESCE).await;
-                    // Should the actor have died meanwhile, the next report must ask again
-                    // (ractor's `send_after` would drop the message unseen, and no report
-                    // would ask again).
-                    if actor.cast(BackendMsg::Outcomes).is_err() {
-                        shared.outcomes.unnudge();
-                    }
+                    ask_to_drain(&actor, &shared);
                 });
             }
         }
+    }
+}
+
+/// Sends the backend's actor for its queued outcomes. If it died since the pick, its successor
+/// drains when it starts; for what comes after, the next report must send the message again.
+fn ask_to_drain(actor: &ActorRef<BackendMsg>, shared: &BackendShared) {
+    if actor.cast(BackendMsg::Outcomes).is_err() {
+        shared.outcomes.unnudge();
     }
 }
 

@@ -487,8 +487,9 @@ async fn pick(
     retry: Option<&'static str>,
     now: Instant,
 ) -> Result<Lease, PickError> {
-    // ractor's `call` with a timeout, but timed from the caller's `now` rather than a clock
-    // read of its own, and with no timer armed when the answer comes at once (see `patient`).
+    // Queued through the pool's handle (a message to the actor per batch, not per pick), and
+    // waited for until a deadline from the caller's `now` rather than a clock read of its own,
+    // with no timer armed when the answer comes at once (see `patient`).
     let Some(answer) = pool.ask(key, tried, retry, now) else {
         return Err(PickError::NotAnswering);
     };

@@ -61,6 +61,11 @@ impl Options {
         }
     }
 
+    /// The turns of each measure (at least one).
+    fn turns(&self) -> u32 {
+        self.rounds.max(1)
+    }
+
     /// The short form: every step, briefly (a few seconds in all without other proxies).
     pub fn quick(self) -> Options {
         Options {
@@ -198,7 +203,7 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, Str
                 }
             }
         }
-        let rounds = opts.rounds.max(1);
+        let rounds = opts.turns();
         for &n in &opts.connections {
             // Direct first, then each proxy; a turn of each, then the next turn.
             let mut cells: Vec<Cell> = Vec::new();
@@ -260,7 +265,7 @@ async fn measure(
     tree: Option<&Tree>,
     opts: &Options,
 ) -> Cell {
-    let counted = opts.duration / opts.rounds.max(1);
+    let counted = opts.duration / opts.turns();
     let now = Instant::now();
     let window = Window {
         start: now + opts.warmup,
