@@ -134,6 +134,9 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         // Room for the two fulcrum adds to every response (Via, X-Request-Id): growing the map
         // for them reallocated it, ~1% of the request path's CPU.
         let mut headers = crate::spare::header_map(count + 2);
+        // Noted as the names go by, so that the framing and keep-alive checks below look up
+        // only the headers that are there (most responses have neither).
+        let mut seen = Seen::default();
         for (name, value) in few[..count.min(FEW_HEADERS)].iter().chain(&more) {
             let (name, value) = (name.range(), value.range());
             if name.end > head.len() || value.end > head.len() {
@@ -142,10 +145,11 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             let name = HeaderName::from_bytes(&head[name]).map_err(|_| WireError::Malformed)?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| WireError::Malformed)?;
+            seen.note(&name);
             headers.append(name, value);
         }
-        let framing = framing(status, &headers, head_request)?;
-        if headers.contains_key(TRANSFER_ENCODING) {
+        let framing = framing(status, &headers, head_request, seen)?;
+        if seen.transfer_encoding && seen.content_length {
             // Both framings named: the coding wins (RFC 9112 §6.3), and a length passed on
             // would frame the client's copy wrongly.
             headers.remove(CONTENT_LENGTH);
@@ -154,7 +158,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         let keep_alive = version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
             && !matches!(framing, Framing::Close)
-            && !super::headers::lists(&headers, CONNECTION, "close");
+            && !(seen.connection && super::headers::lists(&headers, CONNECTION, "close"));
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -164,6 +168,27 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             framing,
             keep_alive,
         }));
+    }
+}
+
+/// Which of the headers that frame a response and end its connection it carries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        // Standard names compare as an enum, not as bytes.
+        if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == CONNECTION {
+            self.connection = true;
+        }
     }
 }
 
@@ -194,7 +219,12 @@ impl Span {
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
-fn framing(status: StatusCode, headers: &HeaderMap, head: bool) -> Result<Framing, WireError> {
+fn framing(
+    status: StatusCode,
+    headers: &HeaderMap,
+    head: bool,
+    seen: Seen,
+) -> Result<Framing, WireError> {
     if head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -202,7 +232,7 @@ fn framing(status: StatusCode, headers: &HeaderMap, head: bool) -> Result<Framin
     {
         return Ok(Framing::Length(0));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         // The final coding is the last token of the last value.
         let last = headers
             .get_all(TRANSFER_ENCODING)
@@ -215,6 +245,9 @@ fn framing(status: StatusCode, headers: &HeaderMap, head: bool) -> Result<Framin
             // Any other final coding runs to the close.
             _ => Framing::Close,
         });
+    }
+    if !seen.content_length {
+        return Ok(Framing::Close);
     }
     let mut length: Option<u64> = None;
     for v in headers.get_all(CONTENT_LENGTH) {

@@ -4,8 +4,8 @@
 //! appended both ways.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use std::net::IpAddr;
 
@@ -168,9 +168,15 @@ pub fn forward_request(
 /// The list in every `name` header, with `last` appended, when there is a non-blank value to
 /// append to.
 fn appended(headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) -> Option<HeaderValue> {
-    let mut values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
+    appended_to(headers.get_all(name).iter(), last)
+}
+
+/// The list in `values`, with `last` appended, when there is a non-blank value to append to.
+fn appended_to<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    last: &HeaderValue,
+) -> Option<HeaderValue> {
+    let mut values: Vec<&str> = values
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
@@ -226,8 +232,16 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// Appends `hop` (`1.1 fulcrum`) to the message's `Via` list (RFC 9110 §7.6.3).
 pub fn append_via(headers: &mut HeaderMap, hop: HeaderValue) {
-    let list = appended(headers, &VIA, &hop).unwrap_or(hop);
-    headers.insert(VIA, list);
+    // Through the entry: most messages carry no `Via`, and then the name is hashed once.
+    match headers.entry(VIA) {
+        Entry::Vacant(slot) => {
+            slot.insert(hop);
+        }
+        Entry::Occupied(mut slot) => {
+            let list = appended_to(slot.iter(), &hop).unwrap_or(hop);
+            slot.insert(list);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,10 +45,12 @@ fn usable(id: &[u8]) -> bool {
 fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id = IDS.with(|rng| rng.borrow_mut().random::<u128>());
-    // By hand rather than `format!`: this runs on every request without an id.
+    // By hand rather than `format!`: this runs on every request without an id. A byte at a
+    // time, two digits each: shifting the whole u128 for every digit cost twice as much.
     let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(id.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     // Split from a block of ids shared per thread: the id is cloned into the backend's
     // request, the response and the log (a copied slice would be copied again at its first
