@@ -213,6 +213,11 @@ struct BenchArgs {
     /// Every step, briefly: a smoke run of a few seconds.
     #[arg(long)]
     quick: bool,
+    /// Also count each proxy's instructions per request under valgrind's callgrind (one worker
+    /// each, at 16 connections): steady from run to run where the timed measures are not.
+    /// Needs valgrind (`sudo apt-get install -y valgrind`); adds 10-20 s a proxy.
+    #[arg(long)]
+    instructions: bool,
     /// The fulcrum binary (default: `fulcrum` beside this program).
     #[arg(long)]
     fulcrum: Option<PathBuf>,
@@ -253,6 +258,7 @@ async fn run_bench(a: BenchArgs) -> Result<(), String> {
     opts.warmup = a.warmup;
     opts.rounds = a.rounds;
     opts.idle = a.idle;
+    opts.instructions = a.instructions;
     if a.quick {
         opts = opts.quick();
     }

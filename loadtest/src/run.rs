@@ -306,7 +306,28 @@ impl Fulcrum {
     /// Starts `bin run --config config`, its JSON log going to `log`, and waits for it to say
     /// where it listens.
     pub(crate) async fn start(bin: &Path, config: &Path, log: &Path) -> Result<Fulcrum, RunError> {
-        let mut child = tokio::process::Command::new(bin)
+        Fulcrum::start_under(&[], bin, config, log).await
+    }
+
+    /// As [`Fulcrum::start`], run by `wrapper` (a program and its arguments, fulcrum's command
+    /// line appended): the bench counts fulcrum's instructions under valgrind this way. The
+    /// wrapper must run fulcrum in its own process, as valgrind does, so that the pid is
+    /// fulcrum's.
+    pub(crate) async fn start_under(
+        wrapper: &[std::ffi::OsString],
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+    ) -> Result<Fulcrum, RunError> {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let mut child = command
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

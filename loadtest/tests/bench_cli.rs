@@ -84,3 +84,59 @@ fn an_unknown_proxy_is_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("envoy"));
 }
+
+/// With `--instructions`, fulcrum's instructions per request are counted under valgrind when it
+/// is installed; when it is not, the report says how to install it. Either way the rest of the
+/// bench runs.
+#[test]
+fn instructions_are_counted_or_valgrind_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "bench",
+            "--quick",
+            "--instructions",
+            "--against",
+            "none",
+            "--connections",
+            "4",
+            "--idle",
+            "0",
+        ])
+        .arg("--fulcrum")
+        .arg(fulcrum())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("### one worker each"), "{stdout}");
+    let installed = ["valgrind", "callgrind_control"].iter().all(|p| {
+        Command::new("which")
+            .arg(p)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if installed {
+        assert!(
+            stdout.contains("### instructions per request") && stdout.contains("4 connections)"),
+            "{stdout}\n{stderr}"
+        );
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with("| fulcrum | ") && l.matches('|').count() == 5)
+            .unwrap_or_else(|| panic!("no count for fulcrum:\n{stdout}\n{stderr}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let requests: u64 = cells[2].parse().unwrap();
+        let per_request: u64 = cells[3].parse().unwrap();
+        assert!(requests > 0, "{row}");
+        // A proxied request takes thousands of instructions; a count of nothing or of the
+        // whole process's start would be far off.
+        assert!((1_000..10_000_000).contains(&per_request), "{row}");
+    } else {
+        assert!(
+            stdout.contains("valgrind is not installed")
+                && stdout.contains("apt-get install -y valgrind"),
+            "{stdout}"
+        );
+    }
+}

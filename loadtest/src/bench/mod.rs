@@ -8,6 +8,7 @@
 
 pub mod backends;
 pub mod idle;
+pub mod instructions;
 pub mod load;
 pub mod procfs;
 pub mod proxies;
@@ -41,6 +42,10 @@ pub struct Options {
     pub rounds: u32,
     /// Idle keep-alive connections for the memory measure; 0 skips it (default 10,000).
     pub idle: usize,
+    /// Also count each proxy's instructions per request under valgrind (one worker each, at
+    /// [`Options::counted_connections`]); off by default, as it needs valgrind and 10–20 s a
+    /// proxy.
+    pub instructions: bool,
     /// Where each proxy's config and logs go.
     pub workdir: PathBuf,
 }
@@ -57,6 +62,7 @@ impl Options {
             duration: Duration::from_secs(4),
             rounds: 2,
             idle: 10_000,
+            instructions: false,
             workdir: std::env::temp_dir().join(format!("loadtest-bench-{}", std::process::id())),
         }
     }
@@ -64,6 +70,34 @@ impl Options {
     /// The turns of each measure (at least one).
     fn turns(&self) -> u32 {
         self.rounds.max(1)
+    }
+
+    /// The connections instructions are counted at: 16, or the nearest count measured.
+    pub fn counted_connections(&self) -> usize {
+        self.connections
+            .iter()
+            .copied()
+            .min_by_key(|&n| n.abs_diff(16))
+            .unwrap_or(16)
+    }
+
+    /// The load instructions are counted under: under valgrind a proxy answers some 4,000
+    /// requests a second, so 3 s counts about 12,000 of them (0.5 s in the quick form).
+    fn counted_load(&self) -> instructions::Load {
+        let quick = self.duration < Duration::from_secs(1);
+        instructions::Load {
+            connections: self.counted_connections(),
+            warmup: if quick {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(1)
+            },
+            count: if quick {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(3)
+            },
+        }
     }
 
     /// The short form: every step, briefly (a few seconds in all without other proxies).
@@ -152,6 +186,10 @@ pub struct Results {
     pub failed: Vec<(Kind, String)>,
     /// Versions of the programs measured, for the record.
     pub versions: Vec<(Kind, String)>,
+    /// Instructions per request, when counted.
+    pub instructions: Vec<instructions::Counted>,
+    /// Counting was asked for but valgrind is not installed.
+    pub no_valgrind: bool,
 }
 
 /// Runs the whole bench; `progress` hears each step. Call it on a current-thread runtime: the
@@ -194,6 +232,7 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, Str
                 workers,
                 max_connections: opts.idle.max(1000) + 1000,
                 files: file_limit(),
+                counted: None,
             };
             match proxies::start(*kind, program, &setup).await {
                 Ok(p) => running.push((*kind, p)),
@@ -250,11 +289,45 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, Str
             proxy.stop().await;
         }
     }
+    if opts.instructions {
+        count_instructions(opts, &programs, &direct, &mut results, progress).await;
+    }
     drop(backends);
     if results.failed.is_empty() {
         let _ = std::fs::remove_dir_all(&opts.workdir);
     }
     Ok(results)
+}
+
+/// Counts each proxy's instructions per request, one after another (valgrind runs a proxy
+/// some 20 times slower: taking turns would not make the counts any fairer, as they do not
+/// drift with the machine).
+async fn count_instructions(
+    opts: &Options,
+    programs: &[(Kind, PathBuf)],
+    backends: &[SocketAddr],
+    results: &mut Results,
+    progress: &dyn Fn(&str),
+) {
+    let load = opts.counted_load();
+    for (kind, program) in programs {
+        let dir = opts.workdir.join(format!("{}-counted", kind.name()));
+        let Some(callgrind) = instructions::tools(dir.join("callgrind.out")) else {
+            results.no_valgrind = true;
+            return;
+        };
+        progress(&format!(
+            "{kind} under valgrind: instructions per request, {} connections",
+            load.connections
+        ));
+        match instructions::measure(*kind, program, &callgrind, backends, &dir, load).await {
+            Ok(c) => results.instructions.push(c),
+            Err(e) => {
+                progress(&format!("{kind}: instructions not counted: {e}"));
+                results.failed.push((*kind, e));
+            }
+        }
+    }
 }
 
 async fn measure(

@@ -7,6 +7,7 @@
 use super::procfs::Tree;
 use crate::run::Fulcrum;
 use nix::sys::signal::Signal;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -147,15 +148,44 @@ pub struct Setup<'a> {
     pub max_connections: usize,
     /// The open-file limit it inherits.
     pub files: u64,
+    /// Run under valgrind's callgrind to count its instructions (see `instructions`); `None`
+    /// runs it bare.
+    pub counted: Option<&'a Callgrind>,
+}
+
+/// valgrind's callgrind, found installed, and where it writes a proxy's counts.
+#[derive(Debug, Clone)]
+pub struct Callgrind {
+    /// The `valgrind` program.
+    pub valgrind: PathBuf,
+    /// `callgrind_control`, which switches counting on and off in a running process.
+    pub control: PathBuf,
+    /// The counts' file (`--callgrind-out-file`); a dump adds `.1`, `.2`, ... to its name.
+    pub out: PathBuf,
+}
+
+impl Callgrind {
+    /// The command that runs a program under callgrind, counting nothing until switched on.
+    pub fn wrapper(&self) -> Vec<OsString> {
+        let mut out = OsString::from("--callgrind-out-file=");
+        out.push(&self.out);
+        vec![
+            self.valgrind.clone().into_os_string(),
+            "--tool=callgrind".into(),
+            "--instr-atstart=no".into(),
+            out,
+        ]
+    }
 }
 
 /// Starts `kind` from `program`; Ok once it accepts connections.
 pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Running, String> {
     std::fs::create_dir_all(setup.dir).map_err(|e| format!("{}: {e}", setup.dir.display()))?;
+    let wrapper = setup.counted.map(Callgrind::wrapper).unwrap_or_default();
     if kind == Kind::Fulcrum {
         let config = setup.dir.join("fulcrum.toml");
         write(&config, &fulcrum_config(setup))?;
-        let f = Fulcrum::start(program, &config, &setup.dir.join("fulcrum.log"))
+        let f = Fulcrum::start_under(&wrapper, program, &config, &setup.dir.join("fulcrum.log"))
             .await
             .map_err(|e| e.to_string())?;
         return Ok(Running {
@@ -165,7 +195,14 @@ pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Runn
         });
     }
     let addr = free_port()?;
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = match wrapper.split_first() {
+        Some((valgrind, args)) => {
+            let mut c = tokio::process::Command::new(valgrind);
+            c.args(args).arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    };
     match kind {
         Kind::Nginx => {
             let config = setup.dir.join("nginx.conf");
@@ -190,8 +227,10 @@ pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Runn
         .spawn()
         .map_err(|e| format!("{}: {e}", program.display()))?;
     let pid = child.id().ok_or(format!("{kind} exited at once"))?;
-    // They print nothing when ready: ready is when the port answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // They print nothing when ready: ready is when the port answers. Under valgrind they
+    // take a few seconds more to start.
+    let wait = if setup.counted.is_some() { 30 } else { 10 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(Running {
@@ -208,7 +247,7 @@ pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Runn
         }
         if Instant::now() > deadline {
             let _ = child.kill().await;
-            return Err(format!("{kind} did not listen on {addr} within 10 s"));
+            return Err(format!("{kind} did not listen on {addr} within {wait} s"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -246,12 +285,14 @@ pub fn fulcrum_config(s: &Setup<'_>) -> String {
 
 /// nginx: one `upstream` with a keep-alive pool, HTTP/1.1 to it, no access log, and enough
 /// requests per keep-alive connection that none is closed during a run (nginx's default closes
-/// each client connection after 1000 requests).
+/// each client connection after 1000 requests). Counted under callgrind, without its master
+/// process: the process started is then the one that serves.
 pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
     let workers = match s.workers {
         Workers::One => "1",
         Workers::Default => "auto",
     };
+    let master = if s.counted.is_some() { "off" } else { "on" };
     let dir = s.dir.display();
     let servers: String = s
         .backends
@@ -260,7 +301,7 @@ pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
         .collect();
     format!(
         "daemon off;\n\
-         master_process on;\n\
+         master_process {master};\n\
          worker_processes {workers};\n\
          worker_rlimit_nofile {files};\n\
          pid {dir}/nginx.pid;\n\
@@ -331,6 +372,7 @@ mod tests {
             workers: Workers::One,
             max_connections: 100,
             files: 20_000,
+            counted: None,
         };
         let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let n = nginx_config(&one, addr);

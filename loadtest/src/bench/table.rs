@@ -35,6 +35,23 @@ pub fn render(r: &Results) -> String {
         out.push_str(&idle(r));
         out.push('\n');
     }
+    if let Some(first) = r.instructions.first() {
+        let _ = writeln!(
+            out,
+            "### instructions per request (valgrind's callgrind, user space; one worker each, {} \
+             connections)\n",
+            first.connections
+        );
+        out.push_str(&instructions(r));
+        out.push('\n');
+    }
+    if r.no_valgrind {
+        let _ = writeln!(
+            out,
+            "valgrind is not installed, so no instructions were counted: {}",
+            super::instructions::INSTALL_HINT
+        );
+    }
     for kind in &r.missing {
         let _ = writeln!(
             out,
@@ -59,6 +76,34 @@ fn setting(w: Workers) -> &'static str {
             "fulcrum worker_threads = 0, nginx worker_processes auto, HAProxy nbthread unset"
         }
     }
+}
+
+/// Each proxy's count, and fulcrum's over it (below 1: fulcrum runs fewer instructions).
+fn instructions(r: &Results) -> String {
+    let mut out = String::from(
+        "| target | requests counted | instructions per request | fulcrum ÷ it |\n\
+         |---|---:|---:|---:|\n",
+    );
+    let fulcrum = r
+        .instructions
+        .iter()
+        .find(|c| c.proxy == Kind::Fulcrum)
+        .and_then(|c| c.per_request());
+    for c in &r.instructions {
+        let per = c.per_request();
+        let ratio = match (fulcrum, per) {
+            (Some(f), Some(p)) if p > 0.0 => format!("{:.2}", f / p),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {ratio} |",
+            c.proxy,
+            c.requests,
+            per.map_or("-".into(), |p| format!("{p:.0}")),
+        );
+    }
+    out
 }
 
 fn name(c: &Cell) -> &'static str {
@@ -193,6 +238,7 @@ fn mib(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::bench::idle::IdleMemory;
+    use crate::bench::instructions::Counted;
     use crate::bench::load::Tally;
     use crate::bench::procfs::Cpu;
     use crate::bench::Idle;
@@ -239,6 +285,21 @@ mod tests {
             missing: vec![Kind::Haproxy],
             failed: vec![],
             versions: vec![(Kind::Fulcrum, "fulcrum 0.1.0".into())],
+            instructions: vec![
+                Counted {
+                    proxy: Kind::Fulcrum,
+                    connections: 16,
+                    requests: 1000,
+                    instructions: 26_000_000,
+                },
+                Counted {
+                    proxy: Kind::Nginx,
+                    connections: 16,
+                    requests: 2000,
+                    instructions: 34_000_000,
+                },
+            ],
+            no_valgrind: false,
         };
         let t = render(&r);
         assert!(
@@ -258,6 +319,19 @@ mod tests {
         );
         assert!(t.contains("haproxy is not installed") && t.contains("apt-get install -y haproxy"));
         assert!(t.contains("measured: fulcrum 0.1.0"));
+        assert!(t.contains("one worker each, 16 connections)"), "{t}");
+        assert!(t.contains("| fulcrum | 1000 | 26000 | 1.00 |"), "{t}");
+        assert!(t.contains("| nginx | 2000 | 17000 | 1.53 |"), "{t}");
+        assert!(!t.contains("valgrind is not installed"));
+        let none = render(&Results {
+            no_valgrind: true,
+            ..Results::default()
+        });
+        assert!(
+            none.contains("valgrind is not installed")
+                && none.contains("apt-get install -y valgrind"),
+            "{none}"
+        );
     }
 
     #[test]
