@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll, Waker};
@@ -241,7 +242,10 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
         let tunnel = head.headers.contains_key(header::UPGRADE) || *head.method == Method::CONNECT;
-        let work = async {
+        // Pinned where they are and polled side by side, rather than `timeout_at(.., work)`:
+        // that moved the exchange's future into the `Timeout` and the `Timeout` into this
+        // future's state, 1.5 KiB copied per request.
+        let mut work = std::pin::pin!(async {
             match body {
                 TryBody::Whole(bytes) if !tunnel => {
                     let list = self.idle_list(authority);
@@ -252,11 +256,19 @@ impl Forwarder {
                     Box::pin(self.exchange_hyper(authority, req)).await
                 }
             }
-        };
-        match tokio::time::timeout_at(now + timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Try(TryError::Timeout)),
-        }
+        });
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(now + timeout));
+        std::future::poll_fn(|cx| {
+            // The exchange first: an answer that is in when the timer fires still counts.
+            if let Poll::Ready(result) = work.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            timer
+                .as_mut()
+                .poll(cx)
+                .map(|()| Err(SendError::Try(TryError::Timeout)))
+        })
+        .await
     }
 
     /// Idle connections open now, summed over backends.
