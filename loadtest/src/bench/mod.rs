@@ -97,6 +97,7 @@ impl Options {
             } else {
                 Duration::from_secs(3)
             },
+            least: if quick { 50 } else { 5_000 },
         }
     }
 
