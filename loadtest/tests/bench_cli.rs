@@ -15,26 +15,32 @@ fn fulcrum() -> PathBuf {
     beside
 }
 
-#[test]
-fn the_quick_bench_runs_and_prints_its_tables() {
+/// Runs `loadtest bench` with `args` against fulcrum, which must succeed: its stdout and stderr.
+fn bench(args: &[&str]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "bench",
-            "--quick",
-            "--against",
-            "none",
-            "--connections",
-            "1,4",
-            "--idle",
-            "200",
-        ])
+        .arg("bench")
+        .args(args)
         .arg("--fulcrum")
         .arg(fulcrum())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn the_quick_bench_runs_and_prints_its_tables() {
+    let (stdout, _) = bench(&[
+        "--quick",
+        "--against",
+        "none",
+        "--connections",
+        "1,4",
+        "--idle",
+        "200",
+    ]);
     for heading in [
         "### one worker each",
         "### default workers",
@@ -90,25 +96,16 @@ fn an_unknown_proxy_is_refused_before_anything_runs() {
 /// bench runs.
 #[test]
 fn instructions_are_counted_or_valgrind_is_named() {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "bench",
-            "--quick",
-            "--instructions",
-            "--against",
-            "none",
-            "--connections",
-            "4",
-            "--idle",
-            "0",
-        ])
-        .arg("--fulcrum")
-        .arg(fulcrum())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = bench(&[
+        "--quick",
+        "--instructions",
+        "--against",
+        "none",
+        "--connections",
+        "4",
+        "--idle",
+        "0",
+    ]);
     assert!(stdout.contains("### one worker each"), "{stdout}");
     let installed = ["valgrind", "callgrind_control"].iter().all(|p| {
         Command::new("which")
