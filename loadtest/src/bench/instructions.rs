@@ -1,7 +1,7 @@
 //! Instructions per request, counted by valgrind's callgrind (`loadtest bench --instructions`).
 //! On a shared VM the timed measures move by 10–20% from one run to the next, more than most
 //! changes to a proxy's code; the instructions a proxy executes for the same requests move by
-//! well under 1%. Each proxy (one worker) runs under callgrind with counting off, takes a
+//! about 1%. Each proxy (one worker) runs under callgrind with counting off, takes a
 //! warm-up of load, then counts only while the closed-loop load of the counted window runs:
 //! its instructions over the 2xx answers in that window. Counting stops after the last answer
 //! is in, so the requests still in flight when the window closed add their part (a few of
