@@ -302,6 +302,22 @@ pub(crate) struct Fulcrum {
     pub(crate) admin: SocketAddr,
 }
 
+/// The command that runs `program` by `wrapper` (a program and its arguments, `program`'s path
+/// appended), or `program` itself when `wrapper` is empty.
+pub(crate) fn command_under(
+    wrapper: &[std::ffi::OsString],
+    program: &Path,
+) -> tokio::process::Command {
+    match wrapper.split_first() {
+        Some((runner, args)) => {
+            let mut c = tokio::process::Command::new(runner);
+            c.args(args).arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
 impl Fulcrum {
     /// Starts `bin run --config config`, its JSON log going to `log`, and waits for it to say
     /// where it listens.
@@ -319,15 +335,7 @@ impl Fulcrum {
         config: &Path,
         log: &Path,
     ) -> Result<Fulcrum, RunError> {
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = tokio::process::Command::new(program);
-                c.args(args).arg(bin);
-                c
-            }
-            None => tokio::process::Command::new(bin),
-        };
-        let mut child = command
+        let mut child = command_under(wrapper, bin)
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")

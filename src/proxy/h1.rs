@@ -135,7 +135,8 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
         // for them reallocated it, ~1% of the request path's CPU.
         let mut headers = crate::spare::header_map(count + 2);
         // Noted as the names go by, so that the framing and keep-alive checks below look up
-        // only the headers that are there (most responses have neither).
+        // only the headers that are there (most responses carry no `Transfer-Encoding` and no
+        // `Connection`).
         let mut seen = Seen::default();
         for (name, value) in few[..count.min(FEW_HEADERS)].iter().chain(&more) {
             let (name, value) = (name.range(), value.range());

@@ -46,7 +46,7 @@ fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id = IDS.with(|rng| rng.borrow_mut().random::<u128>());
     // By hand rather than `format!`: this runs on every request without an id. A byte at a
-    // time, two digits each: shifting the whole u128 for every digit cost twice as much.
+    // time, two digits each, rather than a shift of the whole u128 for every digit.
     let mut text = [0u8; 32];
     for (pair, byte) in text.chunks_exact_mut(2).zip(id.to_be_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];

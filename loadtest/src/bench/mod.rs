@@ -191,6 +191,8 @@ pub struct Results {
     pub instructions: Vec<instructions::Counted>,
     /// Counting was asked for but valgrind is not installed.
     pub no_valgrind: bool,
+    /// Proxies whose instructions could not be counted, with why.
+    pub uncounted: Vec<(Kind, String)>,
 }
 
 /// Runs the whole bench; `progress` hears each step. Call it on a current-thread runtime: the
@@ -294,7 +296,8 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Results, Str
         count_instructions(opts, &programs, &direct, &mut results, progress).await;
     }
     drop(backends);
-    if results.failed.is_empty() {
+    // Kept when something went wrong, for its logs.
+    if results.failed.is_empty() && results.uncounted.is_empty() {
         let _ = std::fs::remove_dir_all(&opts.workdir);
     }
     Ok(results)
@@ -325,7 +328,7 @@ async fn count_instructions(
             Ok(c) => results.instructions.push(c),
             Err(e) => {
                 progress(&format!("{kind}: instructions not counted: {e}"));
-                results.failed.push((*kind, e));
+                results.uncounted.push((*kind, e));
             }
         }
     }

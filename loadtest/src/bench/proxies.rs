@@ -5,7 +5,7 @@
 //! installed, found on PATH or in the sbin folders Debian puts them in.
 
 use super::procfs::Tree;
-use crate::run::Fulcrum;
+use crate::run::{command_under, Fulcrum};
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
 use std::fmt;
@@ -195,14 +195,7 @@ pub async fn start(kind: Kind, program: &Path, setup: &Setup<'_>) -> Result<Runn
         });
     }
     let addr = free_port()?;
-    let mut cmd = match wrapper.split_first() {
-        Some((valgrind, args)) => {
-            let mut c = tokio::process::Command::new(valgrind);
-            c.args(args).arg(program);
-            c
-        }
-        None => tokio::process::Command::new(program),
-    };
+    let mut cmd = command_under(&wrapper, program);
     match kind {
         Kind::Nginx => {
             let config = setup.dir.join("nginx.conf");
@@ -379,6 +372,23 @@ mod tests {
         assert!(n.contains("worker_processes 1;"), "{n}");
         assert!(n.contains("server 127.0.0.1:9002;") && n.contains("keepalive 256;"));
         assert!(n.contains("listen 127.0.0.1:8080;"));
+        let callgrind = Callgrind {
+            valgrind: "/usr/bin/valgrind".into(),
+            control: "/usr/bin/callgrind_control".into(),
+            out: dir.join("callgrind.out"),
+        };
+        let counted = nginx_config(
+            &Setup {
+                counted: Some(&callgrind),
+                ..one
+            },
+            addr,
+        );
+        assert!(n.contains("master_process on;"), "{n}");
+        assert!(
+            counted.contains("master_process off;"),
+            "counted, the process started serves: {counted}"
+        );
         let h = haproxy_config(&one, addr);
         assert!(
             h.contains("nbthread 1") && h.contains("server b1 127.0.0.1:9002"),

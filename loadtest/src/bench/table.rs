@@ -62,6 +62,9 @@ pub fn render(r: &Results) -> String {
     for (kind, why) in &r.failed {
         let _ = writeln!(out, "{kind} did not start: {why}");
     }
+    for (kind, why) in &r.uncounted {
+        let _ = writeln!(out, "{kind}: instructions not counted: {why}");
+    }
     if !r.versions.is_empty() {
         let v: Vec<String> = r.versions.iter().map(|(_, v)| v.clone()).collect();
         let _ = writeln!(out, "measured: {}", v.join("; "));
@@ -300,6 +303,7 @@ mod tests {
                 },
             ],
             no_valgrind: false,
+            uncounted: vec![],
         };
         let t = render(&r);
         assert!(
@@ -325,11 +329,16 @@ mod tests {
         assert!(!t.contains("valgrind is not installed"));
         let none = render(&Results {
             no_valgrind: true,
+            uncounted: vec![(Kind::Haproxy, "no answer".into())],
             ..Results::default()
         });
         assert!(
             none.contains("valgrind is not installed")
                 && none.contains("apt-get install -y valgrind"),
+            "{none}"
+        );
+        assert!(
+            none.contains("haproxy: instructions not counted: no answer"),
             "{none}"
         );
     }
