@@ -214,7 +214,8 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Also count each proxy's instructions per request under valgrind's callgrind (one worker
-    /// each, at 16 connections): steady from run to run where the timed measures are not.
+    /// each, at 16 connections), and the atomic operations among them (with objdump): steady
+    /// from run to run where the timed measures are not.
     /// Needs valgrind (`sudo apt-get install -y valgrind`); adds 10-20 s a proxy.
     #[arg(long)]
     instructions: bool,

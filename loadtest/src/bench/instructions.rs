@@ -8,6 +8,11 @@
 //! thousands). User-space instructions only: the kernel's work (about two thirds of a proxied
 //! request's CPU on loopback) is not seen, and an instruction is not a cycle (cache misses and
 //! contention are not counted), so this ranks code, not machines.
+//!
+//! Beside the instructions it counts the atomic read-modify-writes among them (`lock`-prefixed
+//! and `xchg` with memory, found with `objdump -d` in the proxy's own binary; its libraries'
+//! are left out): each costs some 15–20 cycles and holds back the instructions around it, so
+//! two proxies with the same count can differ in time by how many of these they run.
 
 use super::load::{self as driver, Tally, Window};
 use super::proxies::{self, Callgrind, Kind, Setup, Workers};
@@ -30,12 +35,21 @@ pub struct Counted {
     pub requests: u64,
     /// User-space instructions executed while counting.
     pub instructions: u64,
+    /// Of them, atomic read-modify-writes in the proxy's own binary; `None` when they could
+    /// not be told (no `objdump`).
+    pub atomics: Option<u64>,
 }
 
 impl Counted {
     /// Instructions per 2xx answer.
     pub fn per_request(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.instructions as f64 / self.requests as f64)
+    }
+
+    /// Atomic read-modify-writes per 2xx answer.
+    pub fn atomics_per_request(&self) -> Option<f64> {
+        let atomics = self.atomics?;
+        (self.requests > 0).then(|| atomics as f64 / self.requests as f64)
     }
 }
 
@@ -110,11 +124,13 @@ pub async fn measure(
             tally.errors
         ));
     }
+    let atomics = atomics(&text, program).await;
     Ok(Counted {
         proxy: kind,
         connections,
         requests: tally.ok,
         instructions,
+        atomics,
     })
 }
 
@@ -187,6 +203,102 @@ async fn read_dump(path: &Path) -> Result<String, String> {
     }
 }
 
+/// The atomic read-modify-writes `program` ran in `dump`: the counts at the addresses where
+/// `objdump -d` finds one. `None` without `objdump`.
+async fn atomics(dump: &str, program: &Path) -> Option<u64> {
+    let objdump = proxies::find("objdump")?;
+    let out = tokio::process::Command::new(objdump)
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(program)
+        .output()
+        .await
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let disassembly = String::from_utf8_lossy(&out.stdout);
+    let object = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let counts = counts_by_address(dump, &object);
+    Some(
+        atomic_addresses(&disassembly)
+            .filter_map(|a| counts.get(&a))
+            .sum(),
+    )
+}
+
+/// The instructions counted at each address of `object` in a callgrind dump written with
+/// `--dump-instr=yes`. In that format each cost line starts with its address, absolute (`0x..`)
+/// or relative to the line before (`+n`, `-n`, `*` for the same); the line after a `calls=`
+/// line is the call's inclusive cost, not the calling instruction's own, and is skipped. Object
+/// names are given once with their number (`ob=(1) /path`) and then by number alone.
+pub fn counts_by_address(dump: &str, object: &Path) -> std::collections::HashMap<u64, u64> {
+    let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut counts = std::collections::HashMap::new();
+    let mut ours = false;
+    let mut address: u64 = 0;
+    let mut call_cost = false;
+    for line in dump.lines() {
+        if let Some(rest) = line.strip_prefix("ob=") {
+            let (id, name) = match rest.split_once(' ') {
+                Some((id, name)) => {
+                    names.insert(id, name);
+                    (id, Some(name))
+                }
+                None => (rest, None),
+            };
+            let name = name.or_else(|| names.get(id).copied());
+            ours = name.is_some_and(|n| Path::new(n) == object);
+            continue;
+        }
+        if line.starts_with("calls=") {
+            call_cost = true;
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let Some(position) = fields.next() else {
+            continue;
+        };
+        let at = match position.as_bytes().first() {
+            Some(b'*') => Some(address),
+            Some(b'+') => position[1..].parse::<u64>().ok().map(|d| address + d),
+            Some(b'-') => position[1..]
+                .parse::<u64>()
+                .ok()
+                .map(|d| address.wrapping_sub(d)),
+            Some(b'0') if position.starts_with("0x") => {
+                u64::from_str_radix(&position[2..], 16).ok()
+            }
+            Some(c) if c.is_ascii_digit() => position.parse().ok(),
+            _ => None,
+        };
+        let Some(at) = at else {
+            continue;
+        };
+        address = at;
+        if std::mem::take(&mut call_cost) || !ours {
+            continue;
+        }
+        // The line's source line comes second, its count third.
+        if let Some(n) = fields.nth(1).and_then(|n| n.parse::<u64>().ok()) {
+            *counts.entry(at).or_insert(0) += n;
+        }
+    }
+    counts
+}
+
+/// The addresses of atomic read-modify-writes in `objdump -d` output: `lock`-prefixed
+/// instructions, and `xchg` with a memory operand (locked whether it says so or not).
+pub fn atomic_addresses(disassembly: &str) -> impl Iterator<Item = u64> + '_ {
+    disassembly.lines().filter_map(|line| {
+        let (address, rest) = line.split_once(':')?;
+        let address = u64::from_str_radix(address.trim(), 16).ok()?;
+        let instruction = rest.trim_start();
+        let atomic = instruction.starts_with("lock ")
+            || (instruction.starts_with("xchg") && instruction.contains('('));
+        atomic.then_some(address)
+    })
+}
+
 /// The instructions counted in a callgrind dump: its `totals:` line (the one event recorded,
 /// `Ir`).
 pub fn totals(dump: &str) -> Option<u64> {
@@ -228,9 +340,46 @@ mod tests {
             connections: 16,
             requests: 4,
             instructions: 100,
+            atomics: Some(8),
         };
         assert_eq!(c.per_request(), Some(25.0));
+        assert_eq!(c.atomics_per_request(), Some(2.0));
         assert_eq!(Counted { requests: 0, ..c }.per_request(), None);
+        assert_eq!(Counted { atomics: None, ..c }.atomics_per_request(), None);
+    }
+
+    /// Addresses decoded as the format compresses them, the objects told apart by name or
+    /// number, and a call's inclusive cost not taken for the calling instruction's own.
+    #[test]
+    fn counts_are_read_per_address_of_the_object() {
+        let dump = "positions: instr line\nevents: Ir\n\n\
+                    ob=(2) /usr/lib/libc.so.6\nfn=(1) memcpy\n0x1000 5 7\n\n\
+                    ob=(1) /opt/proxy\nfn=(2) main\n0x2000 10 3\n+4 * 3\n\
+                    cfn=(1)\ncalls=3 0x1000 5\n* * 21\n\
+                    +2 +1 3\n-6 * 9\n\n\
+                    ob=(2)\nfn=(3) free\n0x2004 1 100\n\
+                    ob=(1)\nfn=(4) work\n0x3000 1 4\n";
+        let counts = counts_by_address(dump, Path::new("/opt/proxy"));
+        // 0x2000: 3, then 9 more six before 0x2006; 0x2004, the call: its own 3, not the 21
+        // of memcpy under it, nor libc's 100 at the same address; 0x2006: 3; 0x3000: 4.
+        assert_eq!(counts.get(&0x2000), Some(&12));
+        assert_eq!(counts.get(&0x2004), Some(&3));
+        assert_eq!(counts.get(&0x2006), Some(&3));
+        assert_eq!(counts.get(&0x3000), Some(&4));
+        assert_eq!(counts.get(&0x1000), None);
+    }
+
+    #[test]
+    fn atomic_instructions_are_the_locked_ones() {
+        let disassembly = "\
+            0000000000002000 <main>:\n\
+            \x20   2000:\tlock incq 0x20(%rax)\n\
+            \x20   2004:\tmov    %rax,%rbx\n\
+            \x20   2006:\txchg   %eax,(%rbx)\n\
+            \x20   2008:\txchg   %ax,%ax\n\
+            \x20   200a:\tlock cmpxchg %rcx,0x10(%rdi)\n";
+        let found: Vec<u64> = atomic_addresses(disassembly).collect();
+        assert_eq!(found, [0x2000, 0x2006, 0x200a]);
     }
 
     /// Counting off until switched on, the counts going where the bench reads them.
@@ -252,6 +401,7 @@ mod tests {
                 "/usr/bin/valgrind",
                 "--tool=callgrind",
                 "--instr-atstart=no",
+                "--dump-instr=yes",
                 "--callgrind-out-file=/tmp/b/callgrind.out"
             ]
         );

@@ -173,6 +173,8 @@ impl Callgrind {
             self.valgrind.clone().into_os_string(),
             "--tool=callgrind".into(),
             "--instr-atstart=no".into(),
+            // Counts per instruction, not only per line: the atomic ones are told apart.
+            "--dump-instr=yes".into(),
             out,
         ]
     }

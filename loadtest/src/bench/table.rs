@@ -84,8 +84,8 @@ fn setting(w: Workers) -> &'static str {
 /// Each proxy's count, and fulcrum's over it (below 1: fulcrum runs fewer instructions).
 fn instructions(r: &Results) -> String {
     let mut out = String::from(
-        "| target | requests counted | instructions per request | fulcrum ÷ it |\n\
-         |---|---:|---:|---:|\n",
+        "| target | requests counted | instructions per request | fulcrum ÷ it | atomic ops per request |\n\
+         |---|---:|---:|---:|---:|\n",
     );
     let fulcrum = r
         .instructions
@@ -100,10 +100,12 @@ fn instructions(r: &Results) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {ratio} |",
+            "| {} | {} | {} | {ratio} | {} |",
             c.proxy,
             c.requests,
             per.map_or("-".into(), |p| format!("{p:.0}")),
+            c.atomics_per_request()
+                .map_or("-".into(), |a| format!("{a:.0}")),
         );
     }
     out
@@ -294,12 +296,14 @@ mod tests {
                     connections: 16,
                     requests: 1000,
                     instructions: 26_000_000,
+                    atomics: Some(186_000),
                 },
                 Counted {
                     proxy: Kind::Nginx,
                     connections: 16,
                     requests: 2000,
                     instructions: 34_000_000,
+                    atomics: None,
                 },
             ],
             no_valgrind: false,
@@ -324,8 +328,8 @@ mod tests {
         assert!(t.contains("haproxy is not installed") && t.contains("apt-get install -y haproxy"));
         assert!(t.contains("measured: fulcrum 0.1.0"));
         assert!(t.contains("one worker each, 16 connections)"), "{t}");
-        assert!(t.contains("| fulcrum | 1000 | 26000 | 1.00 |"), "{t}");
-        assert!(t.contains("| nginx | 2000 | 17000 | 1.53 |"), "{t}");
+        assert!(t.contains("| fulcrum | 1000 | 26000 | 1.00 | 186 |"), "{t}");
+        assert!(t.contains("| nginx | 2000 | 17000 | 1.53 | - |"), "{t}");
         assert!(!t.contains("valgrind is not installed"));
         let none = render(&Results {
             no_valgrind: true,
