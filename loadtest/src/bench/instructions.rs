@@ -204,7 +204,8 @@ async fn read_dump(path: &Path) -> Result<String, String> {
 }
 
 /// The atomic read-modify-writes `program` ran in `dump`: the counts at the addresses where
-/// `objdump -d` finds one. `None` without `objdump`.
+/// `objdump -d` finds one. `None` without `objdump`, or when the dump has no counts for
+/// `program` under its own path.
 async fn atomics(dump: &str, program: &Path) -> Option<u64> {
     let objdump = proxies::find("objdump")?;
     let out = tokio::process::Command::new(objdump)
@@ -219,6 +220,10 @@ async fn atomics(dump: &str, program: &Path) -> Option<u64> {
     let disassembly = String::from_utf8_lossy(&out.stdout);
     let object = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let counts = counts_by_address(dump, &object);
+    if counts.is_empty() {
+        // The dump names the binary otherwise: no count rather than a count of nothing.
+        return None;
+    }
     Some(
         atomic_addresses(&disassembly)
             .filter_map(|a| counts.get(&a))
