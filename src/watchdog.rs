@@ -70,6 +70,20 @@ impl State {
         self.since.store(self.stamp(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Relaxed);
     }
+
+    fn begin_request(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        // No stamp: no clock runs while a request is active, and the idle clock starts from
+        // the stamp its end takes. One clock read less per request.
+        self.phase.store(ACTIVE, Ordering::Relaxed);
+    }
+
+    fn end_request(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.enter(IDLE);
+        }
+    }
 }
 
 /// The clocks of one client connection.
@@ -123,14 +137,18 @@ impl Watchdog {
 
     /// A request started; the returned guard marks its end when dropped (with its response body).
     pub fn request(&self) -> ActiveGuard {
-        self.state.active.fetch_add(1, Ordering::Relaxed);
-        self.state.started.fetch_add(1, Ordering::Relaxed);
-        // No stamp: no clock runs while a request is active, and the idle clock starts from
-        // the stamp its end takes. One clock read less per request.
-        self.state.phase.store(ACTIVE, Ordering::Relaxed);
+        self.state.begin_request();
         ActiveGuard {
             state: self.state.clone(),
         }
+    }
+
+    /// As [`Watchdog::request`], for a request that ends while this watchdog is borrowed (the
+    /// plain server's, whose response is written before its next request is read): the guard
+    /// borrows the state rather than sharing it, two atomic operations less per request.
+    pub fn request_here(&self) -> ScopedGuard<'_> {
+        self.state.begin_request();
+        ScopedGuard { state: &self.state }
     }
 
     /// Whether a request is in flight.
@@ -189,9 +207,19 @@ pub struct ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        if self.state.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.state.enter(IDLE);
-        }
+        self.state.end_request();
+    }
+}
+
+/// Marks the end of a request when dropped, as [`ActiveGuard`] does, borrowing the watchdog.
+#[derive(Debug)]
+pub struct ScopedGuard<'a> {
+    state: &'a State,
+}
+
+impl Drop for ScopedGuard<'_> {
+    fn drop(&mut self) {
+        self.state.end_request();
     }
 }
 

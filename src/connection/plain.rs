@@ -130,7 +130,7 @@ async fn requests<H: Handler>(
         };
         rest.advance(len);
         let head_request = request.method() == Method::HEAD;
-        let guard = serve.watchdog.request();
+        let guard = serve.watchdog.request_here();
         let response = serve.handler.handle(request, serve.client.clone()).await;
         let close = close || closing.load(Ordering::Relaxed);
         let kept = match respond(stream, &mut out, response, head_request, close).await {

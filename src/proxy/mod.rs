@@ -235,7 +235,7 @@ impl Proxy {
                 ));
             };
             let upstream = &routes.upstreams[index];
-            entry.routed(upstream.name.clone(), upstream.metrics.clone());
+            entry.routed(&upstream.name, upstream.metrics.clone());
             let (protocol, mut client_upgrade) = upgrade.unzip();
             let request_id = entry.request_id().clone();
             let (template, body) = prepare(
@@ -302,7 +302,7 @@ impl Proxy {
                     break 'serve answer_failure(last, "request body cannot be sent again");
                 };
                 let id = lease.id();
-                entry.try_to(lease.authority().clone());
+                entry.try_to(lease.authority());
                 let host = if upstream.preserve_host {
                     None
                 } else {

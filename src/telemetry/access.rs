@@ -86,7 +86,10 @@ pub struct Access {
     method: Method,
     /// The path, kept only when the event will be written.
     path: Option<String>,
-    upstream: Option<(Arc<str>, Arc<UpstreamMetrics>)>,
+    upstream: Option<Arc<UpstreamMetrics>>,
+    /// The upstream's and the last try's backend's names, kept only when the event will be
+    /// written: each kept name is an atomic increment and decrement on the request path.
+    upstream_name: Option<Arc<str>>,
     backend: Option<Arc<str>>,
     /// The backend whose response is the answer, if one is.
     answered_by: Option<Arc<BackendMetrics>>,
@@ -112,6 +115,7 @@ impl Access {
             method: method.clone(),
             path: log.then(|| path.to_string()),
             upstream: None,
+            upstream_name: None,
             backend: None,
             answered_by: None,
             tries: 0,
@@ -130,14 +134,17 @@ impl Access {
     }
 
     /// The request was routed to `name`.
-    pub fn routed(&mut self, name: Arc<str>, metrics: Arc<UpstreamMetrics>) {
-        self.upstream = Some((name, metrics));
+    pub fn routed(&mut self, name: &Arc<str>, metrics: Arc<UpstreamMetrics>) {
+        self.upstream = Some(metrics);
+        self.upstream_name = self.path.is_some().then(|| name.clone());
     }
 
     /// A try goes to `backend`.
-    pub fn try_to(&mut self, backend: Arc<str>) {
+    pub fn try_to(&mut self, backend: &Arc<str>) {
         self.tries += 1;
-        self.backend = Some(backend);
+        if self.path.is_some() {
+            self.backend = Some(backend.clone());
+        }
         self.answered_by = None;
     }
 
@@ -152,7 +159,7 @@ impl Access {
         if let Some(b) = &self.answered_by {
             b.forwarded(status);
         }
-        if let Some((_, u)) = &self.upstream {
+        if let Some(u) = &self.upstream {
             u.response(status);
         }
     }
@@ -172,7 +179,7 @@ impl Access {
 impl Drop for Access {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        if let Some((_, u)) = &self.upstream {
+        if let Some(u) = &self.upstream {
             u.duration(elapsed.as_secs_f64());
         }
         let Some(path) = &self.path else { return };
@@ -182,7 +189,7 @@ impl Drop for Access {
             client = %self.client.ip(),
             method = %self.method,
             path = %path,
-            upstream = %self.upstream.as_ref().map_or("-", |(n, _)| &**n),
+            upstream = %self.upstream_name.as_deref().unwrap_or("-"),
             backend = %self.backend.as_deref().unwrap_or("-"),
             status = self.status(),
             tries = self.tries,
