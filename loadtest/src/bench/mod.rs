@@ -46,6 +46,8 @@ pub struct Options {
     /// [`Options::counted_connections`]); off by default, as it needs valgrind and 10–20 s a
     /// proxy.
     pub instructions: bool,
+    /// How long the load of each count runs.
+    pub counted: instructions::Load,
     /// Where each proxy's config and logs go.
     pub workdir: PathBuf,
 }
@@ -63,6 +65,7 @@ impl Options {
             rounds: 2,
             idle: 10_000,
             instructions: false,
+            counted: instructions::Load::FULL,
             workdir: std::env::temp_dir().join(format!("loadtest-bench-{}", std::process::id())),
         }
     }
@@ -81,31 +84,12 @@ impl Options {
             .unwrap_or(16)
     }
 
-    /// The load instructions are counted under: under valgrind a proxy answers some 4,000
-    /// requests a second, so 3 s counts about 12,000 of them (0.5 s in the quick form).
-    fn counted_load(&self) -> instructions::Load {
-        let quick = self.duration < Duration::from_secs(1);
-        instructions::Load {
-            connections: self.counted_connections(),
-            warmup: if quick {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_secs(1)
-            },
-            count: if quick {
-                Duration::from_millis(500)
-            } else {
-                Duration::from_secs(3)
-            },
-            least: if quick { 50 } else { 5_000 },
-        }
-    }
-
     /// The short form: every step, briefly (a few seconds in all without other proxies).
     pub fn quick(self) -> Options {
         Options {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(400),
+            counted: instructions::Load::QUICK,
             rounds: 1,
             idle: self.idle.min(500),
             ..self
@@ -313,7 +297,7 @@ async fn count_instructions(
     results: &mut Results,
     progress: &dyn Fn(&str),
 ) {
-    let load = opts.counted_load();
+    let connections = opts.counted_connections();
     for (kind, program) in programs {
         let dir = opts.workdir.join(format!("{}-counted", kind.name()));
         let Some(callgrind) = instructions::tools(dir.join("callgrind.out")) else {
@@ -321,10 +305,19 @@ async fn count_instructions(
             return;
         };
         progress(&format!(
-            "{kind} under valgrind: instructions per request, {} connections",
-            load.connections
+            "{kind} under valgrind: instructions per request, {connections} connections"
         ));
-        match instructions::measure(*kind, program, &callgrind, backends, &dir, load).await {
+        match instructions::measure(
+            *kind,
+            program,
+            &callgrind,
+            backends,
+            &dir,
+            connections,
+            opts.counted,
+        )
+        .await
+        {
             Ok(c) => results.instructions.push(c),
             Err(e) => {
                 progress(&format!("{kind}: instructions not counted: {e}"));
