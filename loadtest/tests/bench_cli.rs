@@ -46,7 +46,7 @@ fn the_quick_bench_runs_and_prints_its_tables() {
         "### default workers",
         "### idle keep-alive client connections",
         "| conns | target | req/s | p50 | p99 | p99.9 | CPU s / 1k req | of it user | peak RSS | errors |",
-        "| conns | fulcrum ÷ | req/s | p99 | CPU per request | user CPU per request |",
+        "| conns | fulcrum ÷ | req/s | turn by turn | p99 | CPU per request | user CPU per request |",
     ] {
         assert!(
             stdout.contains(heading),

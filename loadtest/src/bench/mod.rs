@@ -114,11 +114,16 @@ pub struct Cell {
     pub cpu: Option<Cpu>,
     /// The proxy's peak resident memory so far (None for direct).
     pub peak_rss: Option<u64>,
+    /// 2xx answers per second in each turn, in the order they ran: the targets take turns, so
+    /// two targets' figures of the same turn were measured a few seconds apart, and how far
+    /// their ratio moves from turn to turn is the machine's noise.
+    pub turns: Vec<f64>,
 }
 
 impl Cell {
     /// Adds `turn`, a later turn of the same measure.
     fn absorb(&mut self, turn: Cell) {
+        self.turns.extend(turn.turns);
         self.tally.absorb(&turn.tally);
         self.seconds += turn.seconds;
         self.cpu = match (self.cpu, turn.cpu) {
@@ -349,12 +354,14 @@ async fn measure(
         Some(tree.cpu() - before)
     };
     let (tally, cpu) = tokio::join!(load::closed_loop(targets, connections, window), cpu);
+    let seconds = counted.as_secs_f64();
     Cell {
         proxy,
         workers,
         connections,
+        turns: vec![tally.ok as f64 / seconds.max(f64::MIN_POSITIVE)],
         tally,
-        seconds: counted.as_secs_f64(),
+        seconds,
         cpu,
         peak_rss: tree.map(Tree::peak_rss),
     }
@@ -427,6 +434,7 @@ mod tests {
                 system: 2.0 * user,
             }),
             peak_rss: Some(rss),
+            turns: vec![ok as f64 / seconds],
         }
     }
 
@@ -440,6 +448,7 @@ mod tests {
         assert_eq!(cell.tally.errors, 2);
         assert_eq!(cell.seconds, 4.0);
         assert_eq!(cell.rate(), 100.0);
+        assert_eq!(cell.turns, [150.0, 50.0], "each turn's rate, in order");
         let cpu = cell.cpu.unwrap();
         assert_eq!((cpu.user, cpu.system), (0.75, 1.5));
         assert_eq!(cell.peak_rss, Some(12));

@@ -159,8 +159,8 @@ fn figures(r: &Results, w: Workers) -> String {
 
 fn ratios(r: &Results, w: Workers) -> String {
     let mut out = String::from(
-        "| conns | fulcrum ÷ | req/s | p99 | CPU per request | user CPU per request |\n\
-         |---:|---|---:|---:|---:|---:|\n",
+        "| conns | fulcrum ÷ | req/s | turn by turn | p99 | CPU per request | user CPU per request |\n\
+         |---:|---|---:|---:|---:|---:|---:|\n",
     );
     let rows = rows(r, w);
     for f in rows.iter().filter(|c| c.proxy == Some(Kind::Fulcrum)) {
@@ -175,10 +175,11 @@ fn ratios(r: &Results, w: Workers) -> String {
             let p99 = |c: &Cell| c.tally.percentile(99.0).as_secs_f64();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 f.connections,
                 name(other),
                 ratio(f.rate(), other.rate()),
+                by_turn(f, other),
                 ratio(p99(f), p99(other)),
                 cpu(f.cpu_per_1000(), other.cpu_per_1000()),
                 cpu(f.user_per_1000(), other.user_per_1000()),
@@ -186,6 +187,22 @@ fn ratios(r: &Results, w: Workers) -> String {
         }
     }
     out
+}
+
+/// fulcrum's req/s ÷ `other`'s in each turn: the two were measured seconds apart, so the spread
+/// of these is what the machine's drift does to the ratio, and a difference within it is noise.
+fn by_turn(fulcrum: &Cell, other: &Cell) -> String {
+    let each: Vec<String> = fulcrum
+        .turns
+        .iter()
+        .zip(&other.turns)
+        .map(|(&f, &o)| ratio(f, o))
+        .collect();
+    if each.is_empty() {
+        "-".into()
+    } else {
+        each.join(" / ")
+    }
 }
 
 fn idle(r: &Results) -> String {
@@ -266,12 +283,13 @@ mod tests {
                 system: cpu * 3.0 / 4.0,
             }),
             peak_rss: proxy.map(|_| 20 << 20),
+            turns: vec![ok as f64],
         }
     }
 
     #[test]
     fn the_report_has_every_target_ratios_and_the_missing_ones() {
-        let r = Results {
+        let mut r = Results {
             cells: vec![
                 cell(None, Workers::One, 16, 100_000, 0.0),
                 cell(Some(Kind::Fulcrum), Workers::One, 16, 50_000, 1.0),
@@ -309,6 +327,10 @@ mod tests {
             no_valgrind: false,
             uncounted: vec![],
         };
+        // Two turns each: fulcrum's varied, nginx's and the backends' did not.
+        r.cells[0].turns = vec![100_000.0, 100_000.0];
+        r.cells[1].turns = vec![46_000.0, 54_000.0];
+        r.cells[2].turns = vec![40_000.0, 40_000.0];
         let t = render(&r);
         assert!(
             t.contains(
@@ -317,10 +339,13 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| 16 | nginx | 1.25 | 1.00 | 0.40 | 0.40 |"),
+            t.contains("| 16 | nginx | 1.25 | 1.15 / 1.35 | 1.00 | 0.40 | 0.40 |"),
             "{t}"
         );
-        assert!(t.contains("| 16 | direct | 0.50 | 1.00 | - | - |"), "{t}");
+        assert!(
+            t.contains("| 16 | direct | 0.50 | 0.46 / 0.54 | 1.00 | - | - |"),
+            "{t}"
+        );
         assert!(
             t.contains("| fulcrum | 10 of 10 | 10.0 MiB | 11.0 MiB | 1.0 MiB | 102.4 KiB |"),
             "{t}"
