@@ -1,7 +1,9 @@
 //! The proxies the bench compares, each started as its own process in front of the same
 //! backends and configured alike: round robin, keep-alive connections to the backends, access
-//! logs off, and either one worker (one thread or process) or the proxy's own default worker
-//! count. fulcrum is the binary beside this program; nginx and HAProxy are whatever is
+//! logs off, the same headers added to what they forward (what fulcrum adds by default:
+//! `X-Forwarded-For`, `-Proto` and `-Host`, `Via` and a request id to the request; `Via` and the
+//! request id to the response), and either one worker (one thread or process) or the proxy's
+//! own default worker count. fulcrum is the binary beside this program; nginx and HAProxy are whatever is
 //! installed, found on PATH or in the sbin folders Debian puts them in.
 
 use super::procfs::Tree;
@@ -280,8 +282,10 @@ pub fn fulcrum_config(s: &Setup<'_>) -> String {
 
 /// nginx: one `upstream` with a keep-alive pool, HTTP/1.1 to it, no access log, and enough
 /// requests per keep-alive connection that none is closed during a run (nginx's default closes
-/// each client connection after 1000 requests). Counted under callgrind, without its master
-/// process: the process started is then the one that serves.
+/// each client connection after 1000 requests). It adds fulcrum's headers as an nginx user
+/// would: the client's request id kept, else `$request_id` (32 hex digits, as fulcrum's), and
+/// `Via` appended to the client's. Counted under callgrind, without its master process: the
+/// process started is then the one that serves.
 pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
     let workers = match s.workers {
         Workers::One => "1",
@@ -310,6 +314,14 @@ pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
          \x20   uwsgi_temp_path {dir}/uwsgi;\n\
          \x20   scgi_temp_path {dir}/scgi;\n\
          \x20   keepalive_requests 1000000;\n\
+         \x20   map $http_x_request_id $bench_request_id {{\n\
+         \x20       \"\" $request_id;\n\
+         \x20       default $http_x_request_id;\n\
+         \x20   }}\n\
+         \x20   map $http_via $bench_via {{\n\
+         \x20       \"\" \"1.1 nginx\";\n\
+         \x20       default \"$http_via, 1.1 nginx\";\n\
+         \x20   }}\n\
          \x20   upstream backends {{\n{servers}        keepalive 256;\n        keepalive_requests 1000000;\n    }}\n\
          \x20   server {{\n\
          \x20       listen {addr};\n\
@@ -317,6 +329,13 @@ pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
          \x20           proxy_pass http://backends;\n\
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Connection \"\";\n\
+         \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20           proxy_set_header X-Forwarded-Host $http_host;\n\
+         \x20           proxy_set_header Via $bench_via;\n\
+         \x20           proxy_set_header X-Request-Id $bench_request_id;\n\
+         \x20           add_header Via \"1.1 nginx\" always;\n\
+         \x20           add_header X-Request-Id $bench_request_id always;\n\
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
@@ -326,8 +345,10 @@ pub fn nginx_config(s: &Setup<'_>, addr: SocketAddr) -> String {
 }
 
 /// HAProxy: HTTP mode, round robin, idle server connections reused (its default `http-reuse
-/// safe`), no logging. Its `ulimit-n` is the inherited limit, and `no strict-limits` lets it
-/// start below the two descriptors per `maxconn` it asks for: idle clients hold one each.
+/// safe`), no logging. It adds fulcrum's headers as an HAProxy user would: `option forwardfor`,
+/// the client's request id kept, else a `uuid`. Its `ulimit-n` is the inherited limit, and
+/// `no strict-limits` lets it start below the two descriptors per `maxconn` it asks for: idle
+/// clients hold one each.
 pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
     let threads = match s.workers {
         Workers::One => "    nbthread 1\n",
@@ -343,7 +364,16 @@ pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
         "global\n{threads}    maxconn {conns}\n    ulimit-n {files}\n    no strict-limits\n\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n\
          \x20   timeout server 60s\n    timeout http-keep-alive 60s\n\n\
-         frontend bench\n    bind {addr}\n    default_backend backends\n\n\
+         frontend bench\n    bind {addr}\n\
+         \x20   option forwardfor\n\
+         \x20   http-request set-header X-Forwarded-Proto http\n\
+         \x20   http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}\n\
+         \x20   http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}\n\
+         \x20   http-request set-var(txn.request_id) req.hdr(x-request-id)\n\
+         \x20   http-request add-header Via \"1.1 haproxy\"\n\
+         \x20   http-response add-header Via \"1.1 haproxy\"\n\
+         \x20   http-response set-header X-Request-Id %[var(txn.request_id)]\n\
+         \x20   default_backend backends\n\n\
          backend backends\n    balance roundrobin\n{servers}",
         conns = s.max_connections + 512,
         files = s.files,
@@ -415,6 +445,94 @@ mod tests {
         assert!(nginx_config(&defaults, addr).contains("worker_processes auto;"));
         assert!(!haproxy_config(&defaults, addr).contains("nbthread"));
         assert!(fulcrum_config(&defaults).contains("worker_threads = 0"));
+    }
+
+    /// nginx and HAProxy add what fulcrum adds by default: the three forwarding headers, `Via`
+    /// and a request id both ways. fulcrum's config says nothing of them: they are its defaults.
+    #[test]
+    fn the_others_add_the_headers_fulcrum_adds() {
+        let backends: Vec<SocketAddr> = vec!["127.0.0.1:9001".parse().unwrap()];
+        let dir = PathBuf::from("/tmp/bench");
+        let setup = Setup {
+            backends: &backends,
+            dir: &dir,
+            workers: Workers::One,
+            max_connections: 100,
+            files: 20_000,
+            counted: None,
+        };
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let n = nginx_config(&setup, addr);
+        for line in [
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "proxy_set_header X-Forwarded-Proto $scheme;",
+            "proxy_set_header X-Forwarded-Host $http_host;",
+            "proxy_set_header Via $bench_via;",
+            "proxy_set_header X-Request-Id $bench_request_id;",
+            "add_header Via \"1.1 nginx\" always;",
+            "add_header X-Request-Id $bench_request_id always;",
+            "\"\" $request_id;",
+        ] {
+            assert!(n.contains(line), "{line} missing from:\n{n}");
+        }
+        let h = haproxy_config(&setup, addr);
+        for line in [
+            "    option forwardfor\n",
+            "    http-request set-header X-Forwarded-Proto http\n",
+            "    http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+            "    http-request set-header X-Request-Id %[uuid] unless",
+            "    http-request add-header Via \"1.1 haproxy\"\n",
+            "    http-response add-header Via \"1.1 haproxy\"\n",
+            "    http-response set-header X-Request-Id %[var(txn.request_id)]\n",
+        ] {
+            assert!(h.contains(line), "{line:?} missing from:\n{h}");
+        }
+    }
+
+    /// Where nginx or HAProxy is installed, it accepts the config the bench writes for it (the
+    /// check each program has for its own config): a directive it did not know would otherwise
+    /// surface only as a proxy that did not start in a run of the bench.
+    #[test]
+    fn installed_proxies_accept_their_configs() {
+        let work =
+            std::env::temp_dir().join(format!("fulcrum-bench-configs-{}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        let backends: Vec<SocketAddr> = vec!["127.0.0.1:9001".parse().unwrap()];
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for workers in [Workers::One, Workers::Default] {
+            let setup = Setup {
+                backends: &backends,
+                dir: &work,
+                workers,
+                max_connections: 100,
+                files: 1024,
+                counted: None,
+            };
+            for (kind, text, file) in [
+                (Kind::Nginx, nginx_config(&setup, addr), "nginx.conf"),
+                (Kind::Haproxy, haproxy_config(&setup, addr), "haproxy.cfg"),
+            ] {
+                let Some(program) = find(kind.name()) else {
+                    println!("{kind} is not installed: its config is not checked");
+                    continue;
+                };
+                let path = work.join(file);
+                std::fs::write(&path, &text).unwrap();
+                let mut check = std::process::Command::new(&program);
+                match kind {
+                    Kind::Nginx => check.arg("-t").arg("-c").arg(&path),
+                    _ => check.arg("-c").arg("-f").arg(&path),
+                };
+                let out = check.output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{kind} refused its config:\n{text}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&work);
     }
 
     #[test]
