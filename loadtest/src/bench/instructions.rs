@@ -249,7 +249,8 @@ async fn atomics(dump: &str, program: &Path) -> Option<u64> {
 /// `--dump-instr=yes`. In that format each cost line starts with its address, absolute (`0x..`)
 /// or relative to the line before (`+n`, `-n`, `*` for the same); the line after a `calls=`
 /// line is the call's inclusive cost, not the calling instruction's own, and is skipped. Object
-/// names are given once with their number (`ob=(1) /path`) and then by number alone.
+/// names are given once with their number (`ob=(1) /path`, or `cob=(1) /path` when the object
+/// is first met as a call's target) and then by number alone.
 pub fn counts_by_address(dump: &str, object: &Path) -> std::collections::HashMap<u64, u64> {
     let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     let mut counts = std::collections::HashMap::new();
@@ -257,6 +258,12 @@ pub fn counts_by_address(dump: &str, object: &Path) -> std::collections::HashMap
     let mut address: u64 = 0;
     let mut call_cost = false;
     for line in dump.lines() {
+        // A call's target object may be named first, on its `cob=` line; later `ob=` lines
+        // then give its number alone.
+        if let Some((id, name)) = line.strip_prefix("cob=").and_then(|r| r.split_once(' ')) {
+            names.insert(id, name);
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("ob=") {
             let (id, name) = match rest.split_once(' ') {
                 Some((id, name)) => {
@@ -386,6 +393,19 @@ mod tests {
         assert_eq!(counts.get(&0x2006), Some(&3));
         assert_eq!(counts.get(&0x3000), Some(&4));
         assert_eq!(counts.get(&0x1000), None);
+    }
+
+    /// HAProxy's dumps name its binary first as a call's target (`cob=`), after counting began
+    /// inside libc; its own `ob=` lines then give the number alone.
+    #[test]
+    fn an_object_first_named_as_a_calls_target_is_known_by_its_number() {
+        let dump = "positions: instr line\nevents: Ir\n\n\
+                    ob=(2) /usr/lib/libc.so.6\nfn=(1) epoll_wait\n0x1000 5 7\n\
+                    cob=(1) /opt/proxy\ncfn=(2) main\ncalls=1 0x2000 10\n0x1004 5 30\n\n\
+                    ob=(1)\nfn=(2)\n0x2000 10 6\n";
+        let counts = counts_by_address(dump, Path::new("/opt/proxy"));
+        assert_eq!(counts.get(&0x2000), Some(&6));
+        assert_eq!(counts.len(), 1, "{counts:?}");
     }
 
     #[test]
