@@ -60,7 +60,9 @@ pub fn main() -> i32 {
         Some(Command::Run { config }) => run(&config, cli.log_format),
         None => run(&cli.config, cli.log_format),
         Some(Command::Demo { listen, admin }) => {
-            telemetry::init(cli.log_format);
+            if let Err(e) = telemetry::init(cli.log_format) {
+                return fail(&e);
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -103,7 +105,9 @@ fn run(path: &Path, log_format: Option<LogFormat>) -> i32 {
             return 1;
         }
     };
-    telemetry::init(log_format);
+    if let Err(e) = telemetry::init(log_format) {
+        return fail(&e);
+    }
     // One worker is one thread, as nginx's one worker process is: the current-thread
     // scheduler runs every task on the thread that calls block_on, so a wake-up never crosses
     // threads (the multi-thread scheduler with one worker still parks the main thread and wakes

@@ -1,6 +1,7 @@
 //! `fulcrum check` through the real binary: every bad file in tests/bad-configs/ is refused with
 //! exit 1 and a message naming its key (each file's first line says what to expect); the
-//! documented example passes with a one-line summary; a bad command line exits 2.
+//! documented example passes with a one-line summary; a bad command line exits 2; a `RUST_LOG`
+//! that is not a filter stops `run` and `demo` with its reason before anything starts.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -156,6 +157,60 @@ fn a_listener_that_cannot_bind_exits_1_with_the_reason() {
 }
 
 /// A fresh directory under the target dir (no tempfile crate needed for two files).
+/// Runs fulcrum with `RUST_LOG` = `filter`; its exit code and stderr, or a failure if it is
+/// still running after 20 s (it started serving).
+fn with_log_filter(args: &[&str], filter: &str) -> (Option<i32>, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(args)
+        .env("RUST_LOG", filter)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fulcrum");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(out) => {
+            let out = out.expect("wait for fulcrum");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("fulcrum {args:?} with RUST_LOG={filter:?} started instead of refusing it");
+        }
+    }
+}
+
+#[test]
+fn a_log_filter_that_does_not_parse_stops_fulcrum_before_it_starts() {
+    let dir = tempdir();
+    let path = dir.join("good.toml");
+    std::fs::write(
+        &path,
+        "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[upstreams]]\nname = \"u\"\n[[upstreams.backends]]\naddress = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    for args in [
+        vec!["run", "--config", config],
+        vec!["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    ] {
+        let (code, stderr) = with_log_filter(&args, "fulcrum=loud");
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("RUST_LOG=\"fulcrum=loud\" is not a log filter"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "check-{}-{:?}",
