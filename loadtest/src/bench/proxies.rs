@@ -384,6 +384,18 @@ pub fn haproxy_config(s: &Setup<'_>, addr: SocketAddr) -> String {
 mod tests {
     use super::*;
 
+    /// A setup of 100 connections over `backends`, not counted.
+    fn setup<'a>(backends: &'a [SocketAddr], dir: &'a Path, workers: Workers) -> Setup<'a> {
+        Setup {
+            backends,
+            dir,
+            workers,
+            max_connections: 100,
+            files: 20_000,
+            counted: None,
+        }
+    }
+
     #[test]
     fn every_proxy_gets_every_backend_and_the_worker_count() {
         let backends: Vec<SocketAddr> = vec![
@@ -391,14 +403,7 @@ mod tests {
             "127.0.0.1:9002".parse().unwrap(),
         ];
         let dir = PathBuf::from("/tmp/bench");
-        let one = Setup {
-            backends: &backends,
-            dir: &dir,
-            workers: Workers::One,
-            max_connections: 100,
-            files: 20_000,
-            counted: None,
-        };
+        let one = setup(&backends, &dir, Workers::One);
         let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let n = nginx_config(&one, addr);
         assert!(n.contains("worker_processes 1;"), "{n}");
@@ -453,16 +458,9 @@ mod tests {
     fn the_others_add_the_headers_fulcrum_adds() {
         let backends: Vec<SocketAddr> = vec!["127.0.0.1:9001".parse().unwrap()];
         let dir = PathBuf::from("/tmp/bench");
-        let setup = Setup {
-            backends: &backends,
-            dir: &dir,
-            workers: Workers::One,
-            max_connections: 100,
-            files: 20_000,
-            counted: None,
-        };
+        let one = setup(&backends, &dir, Workers::One);
         let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let n = nginx_config(&setup, addr);
+        let n = nginx_config(&one, addr);
         for line in [
             "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
             "proxy_set_header X-Forwarded-Proto $scheme;",
@@ -475,7 +473,7 @@ mod tests {
         ] {
             assert!(n.contains(line), "{line} missing from:\n{n}");
         }
-        let h = haproxy_config(&setup, addr);
+        let h = haproxy_config(&one, addr);
         for line in [
             "    option forwardfor\n",
             "    http-request set-header X-Forwarded-Proto http\n",
@@ -500,14 +498,7 @@ mod tests {
         let backends: Vec<SocketAddr> = vec!["127.0.0.1:9001".parse().unwrap()];
         let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         for workers in [Workers::One, Workers::Default] {
-            let setup = Setup {
-                backends: &backends,
-                dir: &work,
-                workers,
-                max_connections: 100,
-                files: 1024,
-                counted: None,
-            };
+            let setup = setup(&backends, &work, workers);
             for (kind, text, file) in [
                 (Kind::Nginx, nginx_config(&setup, addr), "nginx.conf"),
                 (Kind::Haproxy, haproxy_config(&setup, addr), "haproxy.cfg"),
