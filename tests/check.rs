@@ -181,7 +181,8 @@ fn with_log_filter(args: &[&str], filter: &str) -> (Option<i32>, String) {
             )
         }
         Err(_) => {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             panic!("fulcrum {args:?} with RUST_LOG={filter:?} started instead of refusing it");
         }
     }

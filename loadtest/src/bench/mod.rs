@@ -354,17 +354,18 @@ async fn measure(
         Some(tree.cpu() - before)
     };
     let (tally, cpu) = tokio::join!(load::closed_loop(targets, connections, window), cpu);
-    let seconds = counted.as_secs_f64();
-    Cell {
+    let mut cell = Cell {
         proxy,
         workers,
         connections,
-        turns: vec![tally.ok as f64 / seconds.max(f64::MIN_POSITIVE)],
         tally,
-        seconds,
+        seconds: counted.as_secs_f64(),
         cpu,
         peak_rss: tree.map(Tree::peak_rss),
-    }
+        turns: Vec::new(),
+    };
+    cell.turns.push(cell.rate());
+    cell
 }
 
 /// The program's own version line.

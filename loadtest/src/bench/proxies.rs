@@ -3,8 +3,8 @@
 //! logs off, the same headers added to what they forward (what fulcrum adds by default:
 //! `X-Forwarded-For`, `-Proto` and `-Host`, `Via` and a request id to the request; `Via` and the
 //! request id to the response), and either one worker (one thread or process) or the proxy's
-//! own default worker count. fulcrum is the binary beside this program; nginx and HAProxy are whatever is
-//! installed, found on PATH or in the sbin folders Debian puts them in.
+//! own default worker count. fulcrum is the binary beside this program; nginx and HAProxy are
+//! whatever is installed, found on PATH or in the sbin folders Debian puts them in.
 
 use super::procfs::Tree;
 use crate::run::{command_under, Fulcrum};
