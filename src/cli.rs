@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::telemetry::{self, LogFormat};
+use crate::workers::Workers;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,26 +109,24 @@ fn run(path: &Path, log_format: Option<LogFormat>) -> i32 {
     if let Err(e) = telemetry::init(log_format) {
         return fail(&e);
     }
-    // One worker is one thread, as nginx's one worker process is: the current-thread
-    // scheduler runs every task on the thread that calls block_on, so a wake-up never crosses
-    // threads (the multi-thread scheduler with one worker still parks the main thread and wakes
-    // it through a futex and an eventfd).
-    let mut builder = match config.runtime.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    builder.enable_all();
-    let rt = match builder.build() {
+    // Each worker is one thread with tokio's current-thread scheduler, as each nginx worker is
+    // one process: a wake-up never crosses threads (see `workers`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(crate::server::run(&config, Some(path.to_path_buf()))) {
+    let workers = match rt.block_on(async { Workers::start(config.runtime.worker_threads) }) {
+        Ok(w) => w,
+        Err(e) => return fail(&format!("cannot start the worker threads: {e}")),
+    };
+    match rt.block_on(crate::server::run(
+        &config,
+        Some(path.to_path_buf()),
+        &workers,
+    )) {
         Ok(()) => 0,
         Err(e) => fail(&e.to_string()),
     }

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::runtime::Handle;
 
 /// How long a change waits for a pool actor to apply it.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,14 +87,18 @@ pub struct Control {
     metrics: Metrics,
     token: ArcSwapOption<String>,
     seed: Option<u64>,
+    /// The workers after the first, where a new pool starts its shards.
+    workers: Vec<Handle>,
 }
 
-/// Starts the pool actor of `upstream`; `drain` bounds how long its removed backends linger.
+/// Starts the pool actor of `upstream` here, and its shards on `workers` (the workers after
+/// the first); `drain` bounds how long its removed backends linger.
 pub async fn spawn_pool(
     upstream: &Upstream,
     seed: Option<u64>,
     metrics: &Metrics,
     drain: Duration,
+    workers: &[Handle],
 ) -> Result<Pool, String> {
     let args = PoolArgs {
         upstream: upstream.clone(),
@@ -101,7 +106,9 @@ pub async fn spawn_pool(
         metrics: metrics.clone(),
         drain,
     };
-    Pool::spawn(args).await.map_err(|e| e.to_string())
+    Pool::spawn_on(args, workers)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did.
@@ -111,7 +118,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Control {
     /// The control of a server just started on `config` (read from `source`, if a file) with
-    /// these pools (config order) and this proxy.
+    /// these pools (config order) and this proxy; a reload starts new pools' shards on
+    /// `workers` (the workers after the first).
     pub fn new(
         config: Config,
         source: Option<PathBuf>,
@@ -119,6 +127,7 @@ impl Control {
         proxy: Arc<Proxy>,
         metrics: Metrics,
         seed: Option<u64>,
+        workers: Vec<Handle>,
     ) -> Control {
         Control {
             source,
@@ -128,6 +137,7 @@ impl Control {
             proxy,
             metrics,
             seed,
+            workers,
         }
     }
 
@@ -198,7 +208,7 @@ impl Control {
                 continue;
             }
             let seed = self.seed.map(|s| s.wrapping_add(1000 + i as u64));
-            match spawn_pool(up, seed, &self.metrics, drain).await {
+            match spawn_pool(up, seed, &self.metrics, drain, &self.workers).await {
                 Ok(pool) => started.push((up.name.clone(), pool)),
                 Err(e) => {
                     for (_, p) in started {

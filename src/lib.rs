@@ -23,3 +23,4 @@ pub mod server;
 pub mod spare;
 pub mod telemetry;
 pub mod watchdog;
+pub mod workers;

@@ -12,6 +12,7 @@ use crate::proxy::body::{AnswerBody, BoxError, HoldBody};
 use crate::proxy::{headers, Proxy};
 use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
+use crate::workers::Workers;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -19,10 +20,12 @@ use ractor::ActorRef;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Why the server could not start.
@@ -172,6 +175,18 @@ impl Server {
         source: Option<PathBuf>,
         seed: Option<u64>,
     ) -> Result<Server, StartError> {
+        Server::start_on(config, source, seed, &Workers::one()).await
+    }
+
+    /// As [`Server::start_from`], serving the proxy listener's connections on `workers`
+    /// (`runtime.worker_threads`); the rest runs on the runtime this is called on, which must
+    /// be the first of them.
+    pub async fn start_on(
+        config: &Config,
+        source: Option<PathBuf>,
+        seed: Option<u64>,
+        workers: &Workers,
+    ) -> Result<Server, StartError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -190,12 +205,18 @@ impl Server {
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for (i, up) in config.upstreams.iter().enumerate() {
             let seed = seed.map(|s| s.wrapping_add(i as u64));
-            let pool = control::spawn_pool(up, seed, &metrics, config.listen.drain_timeout)
-                .await
-                .map_err(|reason| StartError::Pool {
-                    upstream: up.name.clone(),
-                    reason,
-                })?;
+            let pool = control::spawn_pool(
+                up,
+                seed,
+                &metrics,
+                config.listen.drain_timeout,
+                &workers.handles()[1..],
+            )
+            .await
+            .map_err(|reason| StartError::Pool {
+                upstream: up.name.clone(),
+                reason,
+            })?;
             pools.push((up.name.clone(), pool));
         }
 
@@ -209,6 +230,7 @@ impl Server {
             proxy.clone(),
             metrics.clone(),
             seed,
+            workers.handles()[1..].to_vec(),
         ));
         let admin = Arc::new(Admin::new(control.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);
@@ -219,23 +241,24 @@ impl Server {
             max_connections: config.listen.max_connections,
             max_header_bytes: config.listen.max_header_bytes,
         };
-        let tasks = vec![
-            tokio::spawn(serve(
-                "proxy",
-                proxy_listener,
-                proxy.clone(),
-                stopped.clone(),
-                limits,
-            )),
-            tokio::spawn(serve(
-                "admin",
-                admin_listener,
-                admin,
-                stopped.clone(),
-                limits,
-            )),
-            tokio::spawn(upkeep(metrics, stopped)),
-        ];
+        let mut tasks = serve(
+            "proxy",
+            proxy_listener,
+            proxy.clone(),
+            &stopped,
+            limits,
+            workers.handles(),
+        );
+        // The admin listener's few requests stay on worker 0, with the actors they ask.
+        tasks.extend(serve(
+            "admin",
+            admin_listener,
+            admin,
+            &stopped,
+            limits,
+            &workers.handles()[..1],
+        ));
+        tasks.push(tokio::spawn(upkeep(metrics, stopped)));
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams, "fulcrum started");
         Ok(Server {
             proxy_addr,
@@ -293,14 +316,18 @@ impl Server {
     }
 }
 
-/// Runs `config` (read from `source`) until SIGINT or SIGTERM, then shuts down gracefully;
+/// Runs `config` (read from `source`) on `workers` until SIGINT or SIGTERM, then shuts down gracefully;
 /// SIGHUP reloads the file.
-pub async fn run(config: &Config, source: Option<PathBuf>) -> Result<(), StartError> {
+pub async fn run(
+    config: &Config,
+    source: Option<PathBuf>,
+    workers: &Workers,
+) -> Result<(), StartError> {
     // Caught from before "fulcrum started" is logged: a supervisor that signals as soon as it
     // reads that line must not meet the default action (exit) instead.
     let mut hangups = hangups();
     let stop = stop_signals();
-    let server = Server::start_from(config, source, None).await?;
+    let server = Server::start_on(config, source, None, workers).await?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -383,30 +410,80 @@ async fn upkeep(metrics: Metrics, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts connections on `listener` and serves HTTP/1.1 and HTTP/2 on each with `handler`
-/// until `stopped` turns true; then lets the open connections finish for at most the drain
-/// timeout.
-async fn serve<H: Handler>(
+/// Accepts connections on `listener` and hands each to the worker serving the fewest, which
+/// serves HTTP/1.1 and HTTP/2 on it with `handler`, until `stopped` turns true; then each worker
+/// lets its open connections finish for at most the drain timeout. The returned tasks end when
+/// all that is done.
+fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
-    stopped: watch::Receiver<bool>,
+    stopped: &watch::Receiver<bool>,
+    limits: Limits,
+    workers: &[Handle],
+) -> Vec<JoinHandle<()>> {
+    let builders = Arc::new(Builders::new(&limits));
+    let mut tasks = Vec::with_capacity(workers.len() + 1);
+    let mut hands = Vec::with_capacity(workers.len());
+    for (index, worker) in workers.iter().enumerate() {
+        let (hand, accepted) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        hands.push(Hand {
+            accepted: hand,
+            open: open.clone(),
+        });
+        tasks.push(worker.spawn(tend(
+            Tending {
+                name,
+                index,
+                handler: handler.clone(),
+                builders: builders.clone(),
+                limits,
+                open,
+            },
+            accepted,
+            stopped.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(accept(
+        name,
+        listener,
+        hands,
+        stopped.clone(),
+        limits,
+    )));
+    tasks
+}
+
+/// A connection on its way to a worker, with its permit.
+type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// How the accepting task reaches one worker: its queue of new connections, and how many it
+/// serves.
+struct Hand {
+    accepted: mpsc::UnboundedSender<Accepted>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Accepts connections until `stopped`, each handed to the worker with the fewest open, as
+/// nginx's workers take new connections when they are least busy.
+async fn accept(
+    name: &'static str,
+    listener: TcpListener,
+    hands: Vec<Hand>,
+    mut stopped: watch::Receiver<bool>,
     limits: Limits,
 ) {
-    let builders = Arc::new(Builders::new(&limits));
     // A connection holds a permit for its life; without one, the next is not accepted and
     // waits in the kernel's queue, as with HAProxy's maxconn.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut conns = JoinSet::new();
-    let mut stop = stopped.clone();
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            _ = until_true(&mut stop) => break,
+            _ = until_true(&mut stopped) => break,
         };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -418,34 +495,100 @@ async fn serve<H: Handler>(
                     continue;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            _ = until_true(&mut stop) => break,
+            _ = until_true(&mut stopped) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (handler, builders, stopped) = (handler.clone(), builders.clone(), stopped.clone());
+        // Off this thread's reactor, to be registered with the worker's: a socket's readiness
+        // is then seen on the thread that serves it.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let Some(hand) = hands.iter().min_by_key(|h| h.open.load(Ordering::Relaxed)) else {
+            break;
+        };
+        hand.open.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError((_, _, permit))) =
+            hand.accepted.send((stream, client, permit))
+        {
+            // That worker has stopped: the server is on its way out.
+            drop(permit);
+            break;
+        }
+    }
+    drop(listener);
+    let open: usize = hands.iter().map(|h| h.open.load(Ordering::Relaxed)).sum();
+    tracing::info!(
+        listener = name,
+        open,
+        "listener closed; draining its connections"
+    );
+}
+
+/// What a worker serves a listener's connections with.
+struct Tending<H> {
+    name: &'static str,
+    index: usize,
+    handler: Arc<H>,
+    builders: Arc<Builders>,
+    limits: Limits,
+    /// Its connections open, which the accepting task reads.
+    open: Arc<AtomicUsize>,
+}
+
+/// Serves the connections handed to this worker until `stopped`; then lets them finish for at
+/// most the drain timeout.
+async fn tend<H: Handler>(
+    t: Tending<H>,
+    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let ends = stopped.clone();
+    let start = |conns: &mut JoinSet<()>, (stream, client, permit): Accepted| {
+        let (handler, builders, stopped, open) = (
+            t.handler.clone(),
+            t.builders.clone(),
+            ends.clone(),
+            t.open.clone(),
+        );
+        let limits = t.limits;
         // The connection's future is made inside the task's, not moved into it: moved in, the
         // task held it twice (as what it captured and as what it awaits), 2.1 KiB instead of
         // 1.1 KiB for every connection, parked or not.
         conns.spawn(async move {
-            connection::serve(stream, client, handler, builders, stopped, limits).await;
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                connection::serve(stream, client, handler, builders, stopped, limits).await;
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
+    };
+    loop {
+        tokio::select! {
+            next = accepted.recv() => match next {
+                Some(conn) => start(&mut conns, conn),
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = until_true(&mut stopped) => break,
+        }
     }
-    drop(listener);
-    tracing::info!(
-        listener = name,
-        open = conns.len(),
-        "listener closed; draining its connections"
-    );
-    let drained = tokio::time::timeout(limits.drain, async {
+    // Those handed over as the server stopped are served too, as far as the drain lets them.
+    accepted.close();
+    while let Ok(conn) = accepted.try_recv() {
+        start(&mut conns, conn);
+    }
+    let drained = tokio::time::timeout(t.limits.drain, async {
         while conns.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
+            listener = t.name,
             open = conns.len(),
+            worker = t.index,
             "drain timeout ({}) reached; closing the remaining connections",
-            humantime::format_duration(limits.drain)
+            humantime::format_duration(t.limits.drain)
         );
         conns.shutdown().await;
     }

@@ -95,8 +95,10 @@ impl Default for Admin {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
-    /// Tokio worker threads; 0 = one per core. Default 0. With 1, every task runs on one
-    /// thread (the current-thread scheduler), like one nginx worker process.
+    /// Worker threads; 0 = one per core. Default 0. Each runs its own tokio current-thread
+    /// runtime, as each nginx worker is one process: client connections are spread over them
+    /// (each to the one serving the fewest), and a connection's requests, picks and backend
+    /// connections stay on its worker. The actors and the admin listener run on the first.
     pub worker_threads: usize,
 }
 

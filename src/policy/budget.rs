@@ -35,6 +35,11 @@ impl RetryBudget {
         self.window.add(1, 0, now);
     }
 
+    /// Counts `n` first tries.
+    pub fn deposit_many(&mut self, n: u32, now: Instant) {
+        self.window.add(n, 0, now);
+    }
+
     /// Takes one retry from the budget if there is room; false when exhausted.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
         let (requests, retries) = self.window.totals(now);

@@ -3,13 +3,8 @@
 //! upstream's balancing algorithm, restarts a backend actor that dies, and schedules the active
 //! probes as tasks that report back. Its handler never awaits I/O.
 //!
-//! What a pick may choose: a backend whose actor runs and whose probes pass; not one whose
-//! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one whose
-//! breaker is half-open only for its `half_open_requests` trial requests, which go to it ahead of
-//! the algorithm. `adaptive` and `p2c_ewma` see dynamic weights ([`crate::policy::weight`]),
-//! effective latencies, and which backends are ramping (a ramping one never wins a duel by
-//! looking cheaper: see [`crate::policy::balance::p2c`]); the other algorithms see static
-//! weights scaled by slow start.
+//! What a pick may choose, and how: [`super::choose`], whose code the pool's shards
+//! (`super::shard`) pick with too.
 //!
 //! Metrics: the pool publishes each backend's weight, EWMA, success rate, rotation and breaker
 //! gauges whenever a backend's view or probe result changes them, and again on every scrape
@@ -29,22 +24,22 @@
 
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::change::{AdminState, Applied, ChangeError};
-use super::lease::{BackendShared, Lease};
-use super::picks::{PickAnswer, Picks, PoolStart};
+use super::choose::{self, Chooser, PickSlot, Rules};
+use super::lease::Lease;
+use super::picks::{PickAnswer, Picks, PoolStart, Shards};
 use super::probe;
-use crate::config::{Algorithm, BackendConfig, Upstream};
+use super::shard::{ShardMsg, Table};
+use crate::config::{BackendConfig, Upstream};
 use crate::policy::backoff::Backoff;
-use crate::policy::balance::{self, BackendId, Balancer, Candidate};
+use crate::policy::balance::BackendId;
 use crate::policy::breaker::CircuitState;
 use crate::policy::budget::RetryBudget;
-use crate::policy::ejection;
-use crate::policy::slow_start;
-use crate::policy::weight::{dynamic_weight, effective_latency, WeightInputs};
 use crate::telemetry::metrics::{Figures, Metrics, UpstreamMetrics};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -53,6 +48,10 @@ mod changes;
 
 /// Where a latency estimate starts when nothing is known of any backend yet.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(10);
+
+/// How often a pool with shards folds their first tries into its retry budget: a tenth of the
+/// budget's window, the length of one of its buckets.
+const FOLD_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often a pool looks whether its removed backends have drained.
 const SWEEP_PERIOD: Duration = Duration::from_millis(100);
@@ -129,6 +128,12 @@ pub enum PoolMsg {
     Retire,
     /// Drop the removed backends that have drained (a timer, while any is being removed).
     Sweep,
+    /// The slots and settings as they are, for new shards.
+    Table(RpcReplyPort<Arc<Table>>),
+    /// The pool's shards, started: from now on they get every change of the slots.
+    Shards(Shards, RpcReplyPort<()>),
+    /// Fold the first tries the shards handed out into the retry budget (a timer, with shards).
+    Fold,
 }
 
 /// One backend as /status shows it.
@@ -210,36 +215,28 @@ pub struct PoolArgs {
     pub drain: Duration,
 }
 
-/// One backend as the pool holds it.
+/// One backend as the pool holds it: what a pick reads, and what only the pool keeps.
 struct Slot {
-    shared: Arc<BackendShared>,
-    static_weight: u32,
-    actor: Option<ActorRef<BackendMsg>>,
-    view: BackendView,
-    /// When its breaker last opened: the first to open are the ones ejected under the cap.
-    opened_at: Option<Instant>,
-    /// Trial requests handed out since its breaker turned half-open.
-    trial_picks: u32,
+    pick: PickSlot,
     /// Times its breaker opened since the start (across actor restarts).
     opens: u64,
     backoff: Backoff,
     restarts: u32,
-    admin: AdminState,
-    /// When it was removed: it takes nothing new and goes once nothing is in flight.
-    removing: Option<Instant>,
     /// A probe of it is scheduled or running (probes pause while it is `not_ready`).
     probing: bool,
+}
+
+impl AsRef<PickSlot> for Slot {
+    fn as_ref(&self) -> &PickSlot {
+        &self.pick
+    }
 }
 
 /// The state a pool actor drives.
 pub struct PoolState {
     upstream: Arc<Upstream>,
     slots: Vec<Slot>,
-    balancer: Box<dyn Balancer>,
-    rng: SmallRng,
-    /// Buffers reused by every pick: the candidates, and the slot of each.
-    candidates: Vec<Candidate>,
-    candidate_slots: Vec<usize>,
+    chooser: Chooser,
     budget: RetryBudget,
     registry: Metrics,
     metrics: Arc<UpstreamMetrics>,
@@ -254,6 +251,10 @@ pub struct PoolState {
     body_too_large: u64,
     /// The picks the request path queued.
     picks: Arc<Picks>,
+    /// The shards on the other workers, which get every change of the slots.
+    shards: Shards,
+    /// First tries the shards handed out, not yet in the budget.
+    deposits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PoolState {
@@ -273,7 +274,11 @@ impl Actor for PoolActor {
     async fn pre_start(
         &self,
         myself: ActorRef<PoolMsg>,
-        PoolStart { args, picks }: PoolStart,
+        PoolStart {
+            args,
+            picks,
+            deposits,
+        }: PoolStart,
     ) -> Result<PoolState, ActorProcessingErr> {
         let up = Arc::new(args.upstream);
         let rng = match args.seed {
@@ -282,23 +287,22 @@ impl Actor for PoolActor {
         };
         let epoch = Instant::now();
         let mut state = PoolState {
-            balancer: balance::for_algorithm(up.algorithm),
+            chooser: Chooser::new(up.algorithm, rng),
             budget: RetryBudget::new(&up.retry, epoch),
             registry: args.metrics.clone(),
             metrics: args.metrics.upstream(&up.name),
             retries: Default::default(),
             budget_exhausted: 0,
             body_too_large: 0,
-            candidates: Vec::with_capacity(up.backends.len()),
-            candidate_slots: Vec::with_capacity(up.backends.len()),
             slots: Vec::with_capacity(up.backends.len()),
-            rng,
             next_id: 0,
             drain: args.drain,
             retiring: false,
             sweeping: false,
             upstream: up.clone(),
             picks,
+            shards: Arc::new([]),
+            deposits,
         };
         for b in &up.backends {
             state.add_slot(&myself, b, false, epoch).await?;
@@ -321,9 +325,13 @@ impl Actor for PoolActor {
                 now,
                 reply,
             } => {
+                state.fold(now);
                 let _ = reply.send(state.pick(key, &exclude, retry, now));
             }
             PoolMsg::Picks => {
+                if !state.shards.is_empty() {
+                    state.fold(Instant::now());
+                }
                 let picks = state.picks.clone();
                 picks.drain(|p| {
                     let _ = p.reply.send(state.pick(p.key, &p.exclude, p.retry, p.now));
@@ -343,41 +351,72 @@ impl Actor for PoolActor {
                 let _ = reply.send(
                     state
                         .index_of(id)
-                        .and_then(|i| state.slots[i].actor.clone()),
+                        .and_then(|i| state.slots[i].pick.actor.clone()),
                 );
             }
             // Boxed, these two: they spawn actors, and their futures would otherwise make the
             // future of every message (a pick on every request) a few KiB larger to build.
             PoolMsg::Reconfigure { upstream, reply } => {
                 let applied = Box::pin(state.reconfigure(&myself, *upstream)).await;
+                state.share_all();
                 let _ = reply.send(applied);
             }
             PoolMsg::AddBackend { backend, reply } => {
-                let _ = reply.send(Box::pin(state.add_backend(&myself, &backend)).await);
+                let added = Box::pin(state.add_backend(&myself, &backend)).await;
+                state.share_all();
+                let _ = reply.send(added);
             }
             PoolMsg::RemoveBackend { address, reply } => {
-                let _ = reply.send(state.remove_backend(&myself, &address));
+                let removed = state.remove_backend(&myself, &address);
+                state.share_all();
+                let _ = reply.send(removed);
             }
             PoolMsg::SetState {
                 address,
                 state: to,
                 reply,
             } => {
-                let _ = reply.send(state.set_state(&myself, &address, to));
+                let set = state.set_state(&myself, &address, to);
+                state.share_all();
+                let _ = reply.send(set);
             }
             PoolMsg::Retire => {
                 state.retiring = true;
                 let now = Instant::now();
                 for slot in &mut state.slots {
-                    slot.removing.get_or_insert(now);
+                    slot.pick.removing.get_or_insert(now);
                 }
                 tracing::info!(upstream = %state.upstream.name, "upstream removed from the config; draining its backends");
                 state.sweep(&myself, now);
+                state.share_all();
             }
             PoolMsg::Sweep => {
                 state.sweeping = false;
                 state.sweep(&myself, Instant::now());
+                state.share_all();
             }
+            PoolMsg::Table(reply) => {
+                let _ = reply.send(state.table());
+            }
+            PoolMsg::Shards(shards, reply) => {
+                state.shards = shards;
+                // Whatever changed since they were given their first table.
+                state.share_all();
+                myself.send_interval(FOLD_PERIOD, || PoolMsg::Fold);
+                let _ = reply.send(());
+            }
+            PoolMsg::Fold => state.fold(Instant::now()),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<PoolMsg>,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        for shard in state.shards.iter() {
+            shard.actor.stop(None);
         }
         Ok(())
     }
@@ -396,15 +435,34 @@ impl Actor for PoolActor {
             ),
             _ => return Ok(()),
         };
+        if let Some(shard) = state
+            .shards
+            .iter()
+            .find(|s| s.actor.get_id() == cell.get_id())
+        {
+            // Its worker's picks come here from now on (see `super::shard`); those it left
+            // queued are answered now.
+            tracing::warn!(
+                upstream = %state.upstream.name,
+                reason = %why,
+                "a pick shard exited; the pool answers its worker's picks"
+            );
+            shard.gone.store(true, Ordering::Release);
+            let picks = shard.picks.clone();
+            picks.drain(|p| {
+                let _ = p.reply.send(state.pick(p.key, &p.exclude, p.retry, p.now));
+            });
+            return Ok(());
+        }
         // The pool stops its children only when it stops itself, so any exit seen here is
         // one nobody asked for: restart, with the backend's slot (and in-flight count) intact.
         if let Some(i) = state.index_of_actor(cell) {
             let slot = &mut state.slots[i];
-            slot.actor = None;
+            slot.pick.actor = None;
             slot.restarts += 1;
             tracing::warn!(
                 upstream = %state.upstream.name,
-                backend = %slot.shared.authority,
+                backend = %slot.pick.shared.authority,
                 reason = %why,
                 restarts = slot.restarts,
                 "backend actor exited; restarting it"
@@ -418,7 +476,7 @@ impl Actor for PoolActor {
 
 impl PoolState {
     fn index_of(&self, id: BackendId) -> Option<usize> {
-        self.slots.iter().position(|s| s.shared.id == id)
+        self.slots.iter().position(|s| s.pick.shared.id == id)
     }
 
     /// The slot of the backend at `address` (`host:port`, as /status shows it).
@@ -426,26 +484,25 @@ impl PoolState {
         let address = address.trim();
         self.slots
             .iter()
-            .position(|s| s.shared.authority.eq_ignore_ascii_case(address))
+            .position(|s| s.pick.shared.authority.eq_ignore_ascii_case(address))
     }
 
-    /// Whether slot `i` is meant to take traffic: `ready` and not being removed.
-    fn active(&self, i: usize) -> bool {
-        let s = &self.slots[i];
-        s.admin == AdminState::Ready && s.removing.is_none()
+    /// The upstream's rules over the slots as they are now.
+    fn rules(&self) -> Rules<'_, Slot> {
+        Rules::new(&self.upstream, &self.slots)
     }
 
     /// Whether slot `i` should be probed: not in maintenance and not being removed.
     fn probed(&self, i: usize) -> bool {
         let s = &self.slots[i];
-        s.admin != AdminState::NotReady && s.removing.is_none()
+        s.pick.admin != AdminState::NotReady && s.pick.removing.is_none()
     }
 
     fn index_of_actor(&self, cell: &ActorCell) -> Option<usize> {
         let id = cell.get_id();
         self.slots
             .iter()
-            .position(|s| s.actor.as_ref().is_some_and(|a| a.get_id() == id))
+            .position(|s| s.pick.actor.as_ref().is_some_and(|a| a.get_id() == id))
     }
 
     /// The mean latency estimate of the backends in rotation: where a new, restarted or
@@ -455,13 +512,15 @@ impl PoolState {
             .slots
             .iter()
             .filter(|s| {
-                s.actor.is_some()
-                    && s.view.healthy
-                    && s.view.circuit == CircuitState::Closed
-                    && s.admin == AdminState::Ready
-                    && s.removing.is_none()
+                s.pick.actor.is_some()
+                    && s.pick.view.healthy
+                    && s.pick.view.circuit == CircuitState::Closed
+                    && s.pick.admin == AdminState::Ready
+                    && s.pick.removing.is_none()
             })
-            .fold((0.0, 0u32), |(sum, n), s| (sum + s.view.latency, n + 1));
+            .fold((0.0, 0u32), |(sum, n), s| {
+                (sum + s.pick.view.latency, n + 1)
+            });
         if n == 0 {
             DEFAULT_LATENCY
         } else {
@@ -476,141 +535,110 @@ impl PoolState {
         ramp: bool,
     ) -> Result<(), ActorProcessingErr> {
         let initial = self.mean_latency();
-        let healthy = self.slots[i].view.healthy;
+        let healthy = self.slots[i].pick.view.healthy;
         let args = BackendArgs {
-            id: self.slots[i].shared.id,
+            id: self.slots[i].pick.shared.id,
             upstream: self.upstream.clone(),
-            authority: self.slots[i].shared.authority.clone(),
+            authority: self.slots[i].pick.shared.authority.clone(),
             pool: myself.clone(),
-            metrics: self.slots[i].shared.metrics.clone(),
-            outcomes: self.slots[i].shared.outcomes.clone(),
+            metrics: self.slots[i].pick.shared.metrics.clone(),
+            outcomes: self.slots[i].pick.shared.outcomes.clone(),
             initial_latency: initial,
             healthy,
             ramp,
         };
         let (actor, _) = Actor::spawn_linked(None, BackendActor, args, myself.get_cell()).await?;
         let slot = &mut self.slots[i];
-        slot.actor = Some(actor);
+        slot.pick.actor = Some(actor);
         // A new actor has a fresh breaker: the pool's view starts over with it.
         let now = Instant::now();
-        slot.view = BackendView::fresh(healthy, initial, self.upstream.adaptive.ewma_decay, now);
+        slot.pick.view =
+            BackendView::fresh(healthy, initial, self.upstream.adaptive.ewma_decay, now);
         if ramp && !self.upstream.adaptive.slow_start.is_zero() {
-            slot.view.slow_start_since = Some(now);
+            slot.pick.view.slow_start_since = Some(now);
         }
-        slot.opened_at = None;
+        slot.pick.opened_at = None;
+        self.share(i);
         Ok(())
     }
 
     fn update_view(&mut self, id: BackendId, view: BackendView, now: Instant) {
         let Some(i) = self.index_of(id) else { return };
-        let before = self.slots[i].view.circuit;
+        let before = self.slots[i].pick.view.circuit;
         let slot = &mut self.slots[i];
-        slot.view = view;
+        slot.pick.view = view;
         match (before, view.circuit) {
             (CircuitState::Open { .. }, CircuitState::Open { .. }) => {}
             (_, CircuitState::Open { .. }) => {
                 slot.opens += 1;
                 // A reopening from half-open keeps its place in the ejection order.
-                if slot.opened_at.is_none() || before == CircuitState::Closed {
-                    slot.opened_at = Some(now);
+                if slot.pick.opened_at.is_none() || before == CircuitState::Closed {
+                    slot.pick.opened_at = Some(now);
                 }
-                let ejected = self.ejected(now).contains(&i);
+                let ejected = self.rules().ejected(now).contains(&i);
                 let slot = &self.slots[i];
                 if ejected {
-                    tracing::info!(upstream = %self.upstream.name, backend = %slot.shared.authority, "ejected by its circuit breaker");
+                    tracing::info!(upstream = %self.upstream.name, backend = %slot.pick.shared.authority, "ejected by its circuit breaker");
                 } else {
                     tracing::warn!(
                         upstream = %self.upstream.name,
-                        backend = %slot.shared.authority,
+                        backend = %slot.pick.shared.authority,
                         max_ejection_percent = self.upstream.circuit_breaker.max_ejection_percent,
                         "circuit breaker open but kept in rotation: the ejection cap is reached"
                     );
                 }
             }
-            (_, CircuitState::HalfOpen) => slot.trial_picks = 0,
-            (_, CircuitState::Closed) => slot.opened_at = None,
+            (_, CircuitState::HalfOpen) => slot.pick.shared.reset_trials(),
+            (_, CircuitState::Closed) => slot.pick.opened_at = None,
         }
+        self.share(i);
         self.publish(now);
     }
 
-    /// Indices of the backends the breaker keeps out now: open, and within the ejection cap.
-    fn ejected(&self, now: Instant) -> Vec<usize> {
-        if !self
-            .slots
-            .iter()
-            .any(|s| matches!(s.view.circuit, CircuitState::Open { .. }))
-        {
-            return Vec::new();
+    /// The slots and settings as a shard holds them.
+    fn table(&self) -> Arc<Table> {
+        Arc::new(Table {
+            upstream: self.upstream.clone(),
+            slots: self.slots.iter().map(|s| s.pick.clone()).collect(),
+        })
+    }
+
+    /// Sends every running shard all the slots.
+    fn share_all(&self) {
+        if self.shards.is_empty() {
+            return;
         }
-        let active = (0..self.slots.len()).filter(|&i| self.active(i)).count();
-        let cap = ejection::breaker_cap(active, self.upstream.circuit_breaker.max_ejection_percent);
-        let opened = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|&(i, s)| self.active(i) && matches!(s.view.circuit, CircuitState::Open { .. }))
-            .map(|(i, s)| (s.opened_at.unwrap_or(now), i))
-            .collect();
-        ejection::ejected(opened, cap)
-    }
-
-    /// Whether slot `i` is in rotation: its actor runs, its probes pass, and its breaker has not
-    /// ejected it. (A half-open one is, for its trial requests: see [`Self::admits`].)
-    fn in_rotation(&self, i: usize, ejected: &[usize]) -> bool {
-        let s = &self.slots[i];
-        self.active(i)
-            && s.actor.is_some()
-            && s.view.healthy
-            && !(matches!(s.view.circuit, CircuitState::Open { .. }) && ejected.contains(&i))
-    }
-
-    /// Whether slot `i` may take one more request now: in rotation, and, if half-open, with
-    /// trial requests left.
-    fn admits(&self, i: usize, ejected: &[usize]) -> bool {
-        let s = &self.slots[i];
-        self.in_rotation(i, ejected)
-            && (s.view.circuit != CircuitState::HalfOpen
-                || s.trial_picks < self.upstream.circuit_breaker.half_open_requests)
-    }
-
-    fn effective_latency(&self, i: usize, now: Instant) -> f64 {
-        let s = &self.slots[i];
-        effective_latency(
-            s.view.latency_at(now),
-            s.shared.silent_for(now).as_secs_f64(),
-        )
-    }
-
-    fn ramp(&self, i: usize, now: Instant) -> f64 {
-        slow_start::ramp(
-            self.slots[i].view.slow_start_since,
-            self.upstream.adaptive.slow_start,
-            now,
-        )
-    }
-
-    /// The weight the upstream's algorithm uses for slot `i`, whose effective latency is
-    /// `latency` and slow-start factor `ramp`; `best` is the lowest effective latency in rotation.
-    fn weight(&self, i: usize, latency: f64, best: f64, ramp: f64) -> f64 {
-        let s = &self.slots[i];
-        let static_weight = f64::from(s.static_weight);
-        match self.upstream.algorithm {
-            Algorithm::Adaptive | Algorithm::P2cEwma => dynamic_weight(
-                &WeightInputs {
-                    static_weight,
-                    latency,
-                    best_latency: best,
-                    success_rate: s.view.success_rate,
-                    slow_start: ramp,
-                },
-                self.upstream.adaptive.min_weight_ratio,
-            ),
-            // Affinity must not move with latency: the ring keeps static weights.
-            Algorithm::ConsistentHash => static_weight,
-            _ => static_weight * ramp,
+        let table = self.table();
+        for shard in self.running_shards() {
+            let _ = shard.actor.cast(ShardMsg::Table(table.clone()));
         }
     }
 
+    /// Sends every running shard slot `i`, changed.
+    fn share(&self, i: usize) {
+        for shard in self.running_shards() {
+            let slot = Box::new(self.slots[i].pick.clone());
+            let _ = shard.actor.cast(ShardMsg::Slot(i, slot));
+        }
+    }
+
+    fn running_shards(&self) -> impl Iterator<Item = &super::picks::Shard> {
+        self.shards
+            .iter()
+            .filter(|s| !s.gone.load(Ordering::Acquire))
+    }
+
+    /// Adds the first tries the shards handed out to the retry budget, as of `now`.
+    fn fold(&mut self, now: Instant) {
+        let n = self.deposits.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            self.budget
+                .deposit_many(u32::try_from(n).unwrap_or(u32::MAX), now);
+        }
+    }
+
+    /// A lease for one try, as [`PoolMsg::Pick`] asks; a retry must also find room in the
+    /// budget.
     fn pick(
         &mut self,
         key: u64,
@@ -618,75 +646,18 @@ impl PoolState {
         retry: Option<&'static str>,
         now: Instant,
     ) -> Result<Lease, NoBackend> {
-        let ejected = self.ejected(now);
-        let mut candidates = std::mem::take(&mut self.candidates);
-        let mut slots = std::mem::take(&mut self.candidate_slots);
-        candidates.clear();
-        slots.clear();
-        // One pass for what each candidate costs; weights need the best of them, so a second.
-        let mut best = f64::INFINITY;
-        // Only the two duelling algorithms weigh latency: the others are spared its decay (an
-        // `exp` per candidate per pick).
-        let latencies = matches!(
-            self.upstream.algorithm,
-            Algorithm::Adaptive | Algorithm::P2cEwma
-        );
-        let cap = self.upstream.circuit_breaker.max_inflight;
-        let mut full = false;
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            if !self.admits(i, &ejected) || exclude.contains(&s.shared.id) {
-                continue;
-            }
-            if cap > 0 && s.shared.inflight() >= cap {
-                full = true;
-                continue;
-            }
-            let latency = if latencies {
-                self.effective_latency(i, now)
-            } else {
-                0.0
-            };
-            best = best.min(latency);
-            candidates.push(Candidate {
-                id: s.shared.id,
-                weight: 0.0,
-                inflight: s.shared.inflight(),
-                latency,
-                ramping: false,
-            });
-            slots.push(i);
-        }
-        for (c, &i) in candidates.iter_mut().zip(&slots) {
-            let ramp = self.ramp(i, now);
-            c.weight = self.weight(i, c.latency, best, ramp);
-            c.ramping = ramp < 1.0;
-        }
-        // A half-open backend's few trial requests go to it first: judged by the estimates that
-        // tripped its breaker (a failure costs a penalty latency), the balancer would starve
-        // the trials and leave it half-open, out of traffic, long after it recovered.
-        let trial = slots
-            .iter()
-            .copied()
-            .find(|&i| self.slots[i].view.circuit == CircuitState::HalfOpen);
-        let chosen = trial.or_else(|| {
-            self.balancer
-                .pick(&candidates, key, &mut self.rng)
-                .and_then(|c| slots.get(c).copied())
-        });
-        self.candidates = candidates;
-        self.candidate_slots = slots;
-        let i = chosen.ok_or(if full {
-            NoBackend::AtCapacity
-        } else {
-            NoBackend::NoneAvailable
-        })?;
+        let rules = Rules::new(&self.upstream, &self.slots);
+        let i = self.chooser.choose(&rules, key, exclude, now)?;
+        let slot = &self.slots[i].pick;
         // The budget is asked only once there is somewhere to go: a retry with nowhere to go
         // spends nothing.
         match retry {
             None => self.budget.deposit(now),
             Some(reason) => {
                 if !self.budget.try_withdraw(now) {
+                    if slot.view.circuit == CircuitState::HalfOpen {
+                        slot.shared.return_trial();
+                    }
                     self.budget_exhausted += 1;
                     self.metrics.budget_exhausted();
                     return Err(NoBackend::BudgetExhausted);
@@ -695,12 +666,7 @@ impl PoolState {
                 self.metrics.retry(reason);
             }
         }
-        let slot = &mut self.slots[i];
-        let actor = slot.actor.clone().ok_or(NoBackend::NoneAvailable)?;
-        if slot.view.circuit == CircuitState::HalfOpen {
-            slot.trial_picks += 1;
-        }
-        Ok(Lease::new(slot.shared.clone(), actor, now))
+        choose::lease(slot, now)
     }
 
     fn probe_result(&mut self, myself: &ActorRef<PoolMsg>, id: BackendId, pass: bool) {
@@ -713,23 +679,23 @@ impl PoolState {
         let pool_mean = self.mean_latency();
         let health = &self.upstream.health;
         let slot = &mut self.slots[i];
-        slot.shared.metrics.probe(pass);
-        if let Some(actor) = &slot.actor {
+        slot.pick.shared.metrics.probe(pass);
+        if let Some(actor) = &slot.pick.actor {
             let _ = actor.cast(BackendMsg::Probe { pass, pool_mean });
         }
         let delay = if pass {
             slot.backoff.reset();
-            if slot.view.healthy {
+            if slot.pick.view.healthy {
                 health.interval
             } else {
                 health.backoff_base
             }
         } else {
-            let delay = slot.backoff.fail(&mut self.rng);
-            if !slot.view.healthy {
+            let delay = slot.backoff.fail(self.chooser.rng());
+            if !slot.pick.view.healthy {
                 tracing::info!(
                     upstream = %self.upstream.name,
-                    backend = %slot.shared.authority,
+                    backend = %slot.pick.shared.authority,
                     failed_probes = slot.backoff.failures(),
                     next_probe_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
                     "probe failed; backing off"
@@ -743,8 +709,8 @@ impl PoolState {
     fn schedule_probe(&mut self, myself: &ActorRef<PoolMsg>, i: usize, delay: Duration) {
         self.slots[i].probing = true;
         let slot = &self.slots[i];
-        let id = slot.shared.id;
-        let authority = slot.shared.authority.clone();
+        let id = slot.pick.shared.id;
+        let authority = slot.pick.shared.authority.clone();
         let upstream = self.upstream.clone();
         let pool = myself.clone();
         tokio::spawn(async move {
@@ -755,46 +721,40 @@ impl PoolState {
         });
     }
 
-    /// The lowest effective latency among the backends in rotation: the weights' reference.
-    fn best_latency(&self, ejected: &[usize], now: Instant) -> f64 {
-        (0..self.slots.len())
-            .filter(|i| self.in_rotation(*i, ejected))
-            .map(|i| self.effective_latency(i, now))
-            .fold(f64::INFINITY, f64::min)
-    }
-
     /// Slot `i`'s figures at `now`, as /metrics and /status show them.
     fn figures(&self, i: usize, ejected: &[usize], best: f64, now: Instant) -> Figures {
         let s = &self.slots[i];
-        let in_rotation = self.in_rotation(i, ejected);
+        let rules = self.rules();
+        let in_rotation = rules.in_rotation(i, ejected);
         Figures {
             weight: if in_rotation {
-                self.weight(i, self.effective_latency(i, now), best, self.ramp(i, now))
+                rules.weight(i, rules.effective_latency(i, now), best, rules.ramp(i, now))
             } else {
                 0.0
             },
-            ewma_seconds: s.view.latency_at(now),
-            success_rate: s.view.success_rate,
+            ewma_seconds: s.pick.view.latency_at(now),
+            success_rate: s.pick.view.success_rate,
             healthy: in_rotation,
-            circuit: s.view.circuit,
-            inflight: s.shared.inflight(),
+            circuit: s.pick.view.circuit,
+            inflight: s.pick.shared.inflight(),
         }
     }
 
     /// Sets every backend's gauges to its figures at `now`.
     fn publish(&self, now: Instant) {
-        let ejected = self.ejected(now);
-        let best = self.best_latency(&ejected, now);
+        let ejected = self.rules().ejected(now);
+        let best = self.rules().best_latency(&ejected, now);
         for (i, s) in self.slots.iter().enumerate() {
-            s.shared
+            s.pick
+                .shared
                 .metrics
                 .publish(&self.figures(i, &ejected, best, now));
         }
     }
 
     fn status(&self, now: Instant) -> UpstreamStatus {
-        let ejected = self.ejected(now);
-        let best = self.best_latency(&ejected, now);
+        let ejected = self.rules().ejected(now);
+        let best = self.rules().best_latency(&ejected, now);
         UpstreamStatus {
             name: self.upstream.name.clone(),
             algorithm: self.upstream.algorithm.name(),
@@ -805,31 +765,31 @@ impl PoolState {
                 .map(|(i, s)| {
                     let f = self.figures(i, &ejected, best, now);
                     BackendStatus {
-                        address: s.shared.authority.to_string(),
-                        static_weight: s.static_weight,
+                        address: s.pick.shared.authority.to_string(),
+                        static_weight: s.pick.static_weight,
                         weight: f.weight,
                         ewma_latency_seconds: f.ewma_seconds,
                         success_rate: f.success_rate,
-                        inflight: s.shared.inflight(),
+                        inflight: s.pick.shared.inflight(),
                         healthy: f.healthy,
-                        probes_passing: s.view.healthy,
-                        circuit_state: s.view.circuit.name(),
-                        open_until_seconds: match s.view.circuit {
+                        probes_passing: s.pick.view.healthy,
+                        circuit_state: s.pick.view.circuit.name(),
+                        open_until_seconds: match s.pick.view.circuit {
                             CircuitState::Open { until } => {
                                 Some(until.saturating_duration_since(now).as_secs_f64())
                             }
                             _ => None,
                         },
-                        consecutive_trips: s.view.trips,
+                        consecutive_trips: s.pick.view.trips,
                         circuit_opens: s.opens,
-                        open_period_seconds: s.view.open_period.as_secs_f64(),
+                        open_period_seconds: s.pick.view.open_period.as_secs_f64(),
                         probe_failures: s.backoff.failures(),
                         probe_backoff_seconds: s.backoff.nominal().as_secs_f64(),
-                        slow_start_factor: self.ramp(i, now),
-                        picks: s.shared.picks(),
+                        slow_start_factor: self.rules().ramp(i, now),
+                        picks: s.pick.shared.picks(),
                         actor_restarts: s.restarts,
-                        admin_state: s.admin.name(),
-                        removing: s.removing.is_some(),
+                        admin_state: s.pick.admin.name(),
+                        removing: s.pick.removing.is_some(),
                     }
                 })
                 .collect(),

@@ -29,6 +29,8 @@ pub(crate) struct BackendShared {
     pub(crate) outcomes: Arc<Outcomes>,
     inflight: AtomicU32,
     picks: AtomicU64,
+    /// Trial requests handed out since its breaker turned half-open, by every picker.
+    trials: AtomicU32,
     /// Time base of the two stamps below.
     epoch: Instant,
     /// When the in-flight count last rose from zero (ns since `epoch`).
@@ -52,6 +54,7 @@ impl BackendShared {
             outcomes: Arc::default(),
             inflight: AtomicU32::new(0),
             picks: AtomicU64::new(0),
+            trials: AtomicU32::new(0),
             epoch,
             busy_since: AtomicU64::new(0),
             last_answer: AtomicU64::new(0),
@@ -70,6 +73,32 @@ impl BackendShared {
     /// Leases handed out since the start.
     pub(crate) fn picks(&self) -> u64 {
         self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Trial requests handed out since its breaker last turned half-open.
+    pub(crate) fn trials(&self) -> u32 {
+        self.trials.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of `limit` trial requests; false when all are taken.
+    pub(crate) fn take_trial(&self, limit: u32) -> bool {
+        self.trials
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a trial taken for a try that did not go.
+    pub(crate) fn return_trial(&self) {
+        let _ = self
+            .trials
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Its breaker turned half-open: its trials start over.
+    pub(crate) fn reset_trials(&self) {
+        self.trials.store(0, Ordering::Relaxed);
     }
 
     /// How long the backend has held requests without answering any: zero when idle or

@@ -7,12 +7,15 @@ mod actor;
 mod backend;
 mod batch;
 mod change;
+mod choose;
 mod lease;
 mod picks;
 mod probe;
+mod shard;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
 pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
 pub use change::{AdminState, Applied, ChangeError};
 pub use lease::Lease;
-pub use picks::{PickAnswer, Pool, PoolStart};
+pub use picks::{PickAnswer, Pool, PoolStart, Shard, Shards};
+pub use shard::Table;

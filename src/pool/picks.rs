@@ -1,16 +1,25 @@
-//! How the request path asks a pool actor for a backend: a [`Pool`] queues the pick and nudges
-//! the actor only when no nudge is on its way (see [`super::batch`]); the actor answers every
+//! How the request path asks a pool for a backend: a [`Pool`] queues the pick and nudges the
+//! actor only when no nudge is on its way (see [`super::batch`]); the actor answers every
 //! queued pick when the nudge comes, in the order they came, each on its own reply channel.
-//! The picks still go through the actor, which alone touches the algorithm's state; what a
+//! The picks still go through an actor, which alone touches the algorithm's state; what a
 //! busy proxy saves is ractor's cost per message (the boxed message, the actor's select over
 //! its ports, the panic guard), paid once per batch instead of once per request.
+//!
+//! With several worker threads, a first try asked on worker `n > 0` goes to the pool's shard on
+//! that worker ([`super::shard`]); retries, and every pick of worker 0, go to the pool actor.
 
 use super::actor::{NoBackend, PoolActor, PoolArgs, PoolMsg};
 use super::batch::{Batch, Nudge};
 use super::lease::Lease;
+use super::shard::{ShardActor, ShardArgs, ShardMsg};
 use crate::policy::balance::BackendId;
+use crate::workers;
 use ractor::{Actor, ActorRef, SpawnErr};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -30,30 +39,103 @@ pub(crate) struct PickRequest {
 /// A pool's queue of picks not yet answered.
 pub(crate) type Picks = Batch<PickRequest>;
 
-/// What a pool actor is started with: its arguments, and the queue its [`Pool`] fills.
+/// What a pool actor is started with: its arguments, the queue its [`Pool`] fills, and the
+/// counter its shards add their first tries to.
 #[derive(Debug)]
 pub struct PoolStart {
     pub(crate) args: PoolArgs,
     pub(crate) picks: Arc<Picks>,
+    pub(crate) deposits: Arc<AtomicU64>,
 }
 
-/// A running pool actor as the proxy holds it: its ref, for every message, and its pick queue.
+/// A pool's shard as the request path and the pool reach it.
+#[derive(Debug)]
+pub struct Shard {
+    pub(crate) actor: ActorRef<ShardMsg>,
+    pub(crate) picks: Arc<Picks>,
+    /// It failed: its worker's picks go to the pool actor.
+    pub(crate) gone: AtomicBool,
+}
+
+/// A pool's shards, the one of worker `n` at `n - 1`.
+pub type Shards = Arc<[Shard]>;
+
+/// A running pool actor as the proxy holds it: its ref, for every message, its pick queue, and
+/// its shards.
 #[derive(Debug, Clone)]
 pub struct Pool {
     actor: ActorRef<PoolMsg>,
     picks: Arc<Picks>,
+    shards: Shards,
 }
 
 impl Pool {
-    /// Starts a pool actor (unlinked; it links its backends' actors to itself).
+    /// Starts a pool actor (unlinked; it links its backends' actors to itself), without shards.
     pub async fn spawn(args: PoolArgs) -> Result<Pool, SpawnErr> {
+        Pool::spawn_on(args, &[]).await
+    }
+
+    /// Starts a pool actor on this runtime (worker 0) and a shard of it on each of `workers`
+    /// (workers 1, 2, ..., in order), linked to it.
+    pub async fn spawn_on(args: PoolArgs, workers: &[Handle]) -> Result<Pool, SpawnErr> {
         let picks = Arc::new(Picks::default());
+        let deposits = Arc::new(AtomicU64::new(0));
+        let seed = args.seed;
         let start = PoolStart {
             args,
             picks: picks.clone(),
+            deposits: deposits.clone(),
         };
         let (actor, _) = Actor::spawn(None, PoolActor, start).await?;
-        Ok(Pool { actor, picks })
+        if workers.is_empty() {
+            return Ok(Pool {
+                actor,
+                picks,
+                shards: Arc::new([]),
+            });
+        }
+        let failed = |e: &dyn std::fmt::Display| SpawnErr::StartupFailed(e.to_string().into());
+        let table = ractor::call!(actor, PoolMsg::Table).map_err(|e| failed(&e))?;
+        let mut shards = Vec::with_capacity(workers.len());
+        for (n, worker) in workers.iter().enumerate() {
+            let args = ShardArgs {
+                table: table.clone(),
+                picks: Arc::new(Picks::default()),
+                deposits: deposits.clone(),
+                rng: match seed {
+                    Some(s) => SmallRng::seed_from_u64(s ^ (n as u64 + 1).rotate_left(32)),
+                    None => SmallRng::from_os_rng(),
+                },
+            };
+            let picks = args.picks.clone();
+            let pool = actor.get_cell();
+            let spawned = worker
+                .spawn(async move { Actor::spawn_linked(None, ShardActor, args, pool).await })
+                .await
+                .map_err(|e| failed(&e))?;
+            match spawned {
+                Ok((shard, _)) => shards.push(Shard {
+                    actor: shard,
+                    picks,
+                    gone: AtomicBool::new(false),
+                }),
+                Err(e) => {
+                    actor.stop(None);
+                    return Err(e);
+                }
+            }
+        }
+        let shards: Shards = shards.into();
+        // The pool sends them the slots again as it takes them on: whatever changed since the
+        // table above reaches them. Waited for: ractor hands a supervisor its children's exits
+        // ahead of its messages, and an exit of a shard the pool does not know yet would leave
+        // that shard's picks unanswered.
+        ractor::call!(actor, PoolMsg::Shards, shards.clone()).map_err(|e| failed(&e))?;
+        Ok(Pool {
+            actor,
+            picks,
+            shards,
+        })
     }
 
     /// The actor, for the messages other than picks.
@@ -81,13 +163,48 @@ impl Pool {
             now,
             reply,
         };
-        if self.picks.push(request, true) == Nudge::Now && self.actor.cast(PoolMsg::Picks).is_err()
-        {
-            // The pick stays queued, unanswered, and its receiver goes with this return.
-            self.picks.unnudge();
-            return None;
+        let worker = workers::current();
+        let shard = match retry {
+            None if worker > 0 => self.shards.get(worker - 1),
+            _ => None,
+        };
+        match shard {
+            Some(shard) if !shard.gone.load(Ordering::Acquire) => {
+                if shard.picks.push(request, true) == Nudge::Now
+                    && shard.actor.cast(ShardMsg::Picks).is_err()
+                {
+                    shard.gone.store(true, Ordering::Release);
+                }
+                // Gone now, or gone before the pick was queued: the pool takes what it left.
+                if shard.gone.load(Ordering::Acquire) && !self.hand_over(shard) {
+                    return None;
+                }
+            }
+            _ => {
+                if !self.queue(request) {
+                    return None;
+                }
+            }
         }
         Some(answer)
+    }
+
+    /// Queues `request` for the pool actor; false when the actor is gone.
+    fn queue(&self, request: PickRequest) -> bool {
+        if self.picks.push(request, true) == Nudge::Now && self.actor.cast(PoolMsg::Picks).is_err()
+        {
+            // The pick stays queued, unanswered, and its receiver goes with the caller's return.
+            self.picks.unnudge();
+            return false;
+        }
+        true
+    }
+
+    /// Moves the picks a failed shard left queued to the pool actor; false when that is gone too.
+    fn hand_over(&self, shard: &Shard) -> bool {
+        let mut alive = true;
+        shard.picks.drain(|p| alive &= self.queue(p));
+        alive
     }
 }
 
@@ -161,6 +278,106 @@ mod tests {
                 .unwrap();
             assert_ne!(lease.id(), first.id());
         }
+        pool.actor().stop(None);
+    }
+
+    /// A shard that takes messages and answers nothing: what is queued for it stays queued.
+    struct Silent;
+
+    impl Actor for Silent {
+        type Msg = ShardMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<ShardMsg>,
+            _: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// On worker 1, a first try goes to that worker's shard; a retry, and any pick on worker 0,
+    /// to the pool actor.
+    #[tokio::test]
+    async fn first_tries_go_to_the_workers_shard_and_retries_to_the_pool() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let owner = round_robin_over_three().await;
+        let (silent, _) = Actor::spawn(None, Silent, ()).await.unwrap();
+        let queue = Arc::new(Picks::default());
+        let pool = Pool {
+            shards: Arc::new([Shard {
+                actor: silent.clone(),
+                picks: queue.clone(),
+                gone: AtomicBool::new(false),
+            }]),
+            ..owner.clone()
+        };
+        let ask = |retry: Option<&'static str>| {
+            let pool = pool.clone();
+            async move {
+                let answer = pool.ask(0, &[], retry, Instant::now()).unwrap();
+                tokio::time::timeout(Duration::from_millis(500), answer)
+                    .await
+                    .map(|a| a.unwrap().is_ok())
+            }
+        };
+        let on_worker_1 = workers.handles()[1].spawn(ask(None)).await.unwrap();
+        assert!(on_worker_1.is_err(), "left to the silent shard");
+        let mut queued = 0;
+        queue.drain(|_| queued += 1);
+        assert_eq!(queued, 1);
+        let retry = workers.handles()[1].spawn(ask(Some("connect")));
+        assert_eq!(retry.await.unwrap(), Ok(true), "answered by the pool");
+        assert_eq!(ask(None).await, Ok(true), "worker 0 asks the pool");
+        silent.stop(None);
+        owner.actor().stop(None);
+    }
+
+    /// When a shard fails, the picks it left queued and its worker's picks from then on are
+    /// answered by the pool.
+    #[tokio::test]
+    async fn a_failed_shards_picks_are_answered_by_the_pool() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let mut text = String::from("[[upstreams]]\nname = \"u\"\n");
+        text.push_str("[[upstreams.backends]]\naddress = \"127.0.0.1:1\"\n");
+        text.push_str("[upstreams.health]\nkind = \"tcp\"\ninterval = \"1h\"\n");
+        let config = Config::from_toml(&text).unwrap();
+        let args = PoolArgs {
+            upstream: config.upstreams[0].clone(),
+            seed: Some(1),
+            metrics: Metrics::new(),
+            drain: Duration::from_secs(1),
+        };
+        let pool = Pool::spawn_on(args, &workers.handles()[1..]).await.unwrap();
+        let shard = &pool.shards[0];
+        // A pick queued for it before it goes, with no nudge: only a hand-over answers it.
+        let (reply, left) = oneshot::channel();
+        let request = PickRequest {
+            key: 0,
+            exclude: Vec::new(),
+            retry: None,
+            now: Instant::now(),
+            reply,
+        };
+        assert_eq!(shard.picks.push(request, false), Nudge::Later);
+        shard
+            .actor
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let left = tokio::time::timeout(Duration::from_secs(5), left).await;
+        assert!(matches!(left, Ok(Ok(Ok(_)))), "{left:?}");
+        assert!(shard.gone.load(Ordering::Acquire));
+        let asked = {
+            let pool = pool.clone();
+            workers.handles()[1].spawn(async move {
+                let answer = pool.ask(0, &[], None, Instant::now()).unwrap();
+                tokio::time::timeout(Duration::from_secs(5), answer).await
+            })
+        };
+        assert!(matches!(asked.await.unwrap(), Ok(Ok(Ok(_)))));
         pool.actor().stop(None);
     }
 

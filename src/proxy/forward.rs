@@ -21,6 +21,7 @@ use super::replay::TryBody;
 use crate::config::Timeouts;
 use crate::policy::retry::{idempotent, Failure};
 use crate::pool::OutcomeKind;
+use crate::workers;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -158,10 +159,12 @@ impl Conn {
     }
 }
 
-/// One backend's idle connections, the most recently used last.
-#[derive(Default)]
+/// One backend's idle connections, one list per worker thread (`crate::workers`), the most
+/// recently used last. A worker takes only its own: a socket's readiness is watched by the
+/// worker that opened it, and one used from another thread would cost a wake-up across cores
+/// on every read.
 struct IdleList {
-    conns: Mutex<Vec<IdleConn>>,
+    workers: Box<[Mutex<Vec<IdleConn>>]>,
 }
 
 struct IdleConn {
@@ -170,10 +173,22 @@ struct IdleConn {
 }
 
 impl IdleList {
+    fn new() -> IdleList {
+        IdleList {
+            workers: (0..workers::slots()).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// This worker's list.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        let list = &self.workers[workers::current() % self.workers.len()];
+        list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The most recently used connection that is still open and not idle too long. The most
     /// recent is the least likely to have been closed by the backend meanwhile.
     fn checkout(&self, now: Instant, idle_timeout: Duration) -> Option<Conn> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.mine();
         while let Some(c) = conns.pop() {
             if now.duration_since(c.since) < idle_timeout && c.conn.is_open() {
                 return Some(c.conn);
@@ -186,7 +201,7 @@ impl IdleList {
         if !conn.buf.is_empty() {
             return;
         }
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.mine();
         if conns.len() < MAX_IDLE_PER_BACKEND {
             conns.push(IdleConn {
                 conn,
@@ -195,11 +210,25 @@ impl IdleList {
         }
     }
 
-    /// Closes the connections idle too long or closed by the backend; the number left.
+    /// Closes the connections idle too long or closed by the backend, on every worker's list;
+    /// the number left.
     fn prune(&self, now: Instant, idle_timeout: Duration) -> usize {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| now.duration_since(c.since) < idle_timeout && c.conn.is_open());
-        conns.len()
+        let mut left = 0;
+        for list in &self.workers {
+            let mut conns = list.lock().unwrap_or_else(|e| e.into_inner());
+            conns.retain(|c| now.duration_since(c.since) < idle_timeout && c.conn.is_open());
+            left += conns.len();
+        }
+        left
+    }
+
+    /// Idle connections on every worker's list.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 }
 
@@ -279,10 +308,7 @@ impl Forwarder {
             .backends
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        backends
-            .values()
-            .map(|l| l.conns.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        backends.values().map(|l| l.len()).sum()
     }
 
     fn idle_list(&self, authority: &str) -> Arc<IdleList> {
@@ -300,7 +326,10 @@ impl Forwarder {
             .backends
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        backends.entry(authority.into()).or_default().clone()
+        backends
+            .entry(authority.into())
+            .or_insert_with(|| Arc::new(IdleList::new()))
+            .clone()
     }
 
     /// One request with a whole body, on a pooled connection, in this task.

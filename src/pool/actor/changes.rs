@@ -5,11 +5,11 @@
 use super::{PoolMsg, PoolState, Slot, DEFAULT_LATENCY, SWEEP_PERIOD};
 use crate::config::{BackendConfig, Upstream};
 use crate::policy::backoff::Backoff;
-use crate::policy::balance;
 use crate::policy::breaker::CircuitState;
 use crate::policy::budget::RetryBudget;
 use crate::pool::backend::{BackendMsg, BackendView};
 use crate::pool::change::{self, AdminState, Applied, ChangeError};
+use crate::pool::choose::PickSlot;
 use crate::pool::lease::BackendShared;
 use crate::telemetry::metrics::Figures;
 use ractor::{ActorProcessingErr, ActorRef};
@@ -35,22 +35,23 @@ impl PoolState {
         self.next_id += 1;
         let up = &self.upstream;
         self.slots.push(Slot {
-            shared: Arc::new(BackendShared::new(
-                id,
-                Arc::from(authority.as_str()),
-                self.registry.backend(&up.name, &authority, b.weight),
-                now,
-            )),
-            static_weight: b.weight,
-            actor: None,
-            view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, now),
-            opened_at: None,
-            trial_picks: 0,
+            pick: PickSlot {
+                shared: Arc::new(BackendShared::new(
+                    id,
+                    Arc::from(authority.as_str()),
+                    self.registry.backend(&up.name, &authority, b.weight),
+                    now,
+                )),
+                static_weight: b.weight,
+                actor: None,
+                view: BackendView::fresh(true, DEFAULT_LATENCY, up.adaptive.ewma_decay, now),
+                opened_at: None,
+                admin: AdminState::Ready,
+                removing: None,
+            },
             opens: 0,
             backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
             restarts: 0,
-            admin: AdminState::Ready,
-            removing: None,
             probing: false,
         });
         let i = self.slots.len() - 1;
@@ -60,7 +61,7 @@ impl PoolState {
             .upstream
             .health
             .interval
-            .mul_f64(self.rng.random::<f64>() / 4.0);
+            .mul_f64(self.chooser.rng().random::<f64>() / 4.0);
         self.schedule_probe(myself, i, first);
         Ok(i)
     }
@@ -75,7 +76,7 @@ impl PoolState {
         let running: Vec<(&str, u32)> = self
             .slots
             .iter()
-            .map(|s| (&*s.shared.authority, s.static_weight))
+            .map(|s| (&*s.pick.shared.authority, s.pick.static_weight))
             .collect();
         let wanted: Vec<(&str, u32)> = new
             .backends
@@ -90,7 +91,7 @@ impl PoolState {
             || new.adaptive != old.adaptive
             || new.timeouts != old.timeouts;
         if new.algorithm != self.upstream.algorithm {
-            self.balancer = balance::for_algorithm(new.algorithm);
+            self.chooser.retune(new.algorithm);
         }
         if new.retry != self.upstream.retry {
             self.budget = RetryBudget::new(&new.retry, now);
@@ -105,28 +106,28 @@ impl PoolState {
             let slot = &mut self.slots[i];
             slot.set_weight(weight);
             // The file is the truth again: what the API changed ends here.
-            if std::mem::replace(&mut slot.admin, AdminState::Ready) != AdminState::Ready {
+            if std::mem::replace(&mut slot.pick.admin, AdminState::Ready) != AdminState::Ready {
                 rejoining.push(i);
             }
-            slot.removing = None;
+            slot.pick.removing = None;
             if backoff_changed {
                 slot.backoff =
                     Backoff::new(upstream.health.backoff_base, upstream.health.backoff_max);
             }
             if settings_changed {
-                if let Some(actor) = &slot.actor {
+                if let Some(actor) = &slot.pick.actor {
                     let _ = actor.cast(BackendMsg::Retune(upstream.clone()));
                 }
             }
-            applied.kept.push(slot.shared.authority.to_string());
+            applied.kept.push(slot.pick.shared.authority.to_string());
         }
         for i in rejoining {
             self.rejoin(i);
         }
         for &i in &plan.remove {
             let slot = &mut self.slots[i];
-            slot.removing.get_or_insert(now);
-            applied.removed.push(slot.shared.authority.to_string());
+            slot.pick.removing.get_or_insert(now);
+            applied.removed.push(slot.pick.shared.authority.to_string());
         }
         for i in 0..self.slots.len() {
             self.resume_probes(myself, i);
@@ -163,7 +164,7 @@ impl PoolState {
         let address = b.authority().unwrap_or(&b.address);
         if let Some(i) = self.index_of_address(address) {
             let slot = &mut self.slots[i];
-            if slot.removing.take().is_none() {
+            if slot.pick.removing.take().is_none() {
                 return Err(ChangeError::DuplicateBackend(b.address.clone()));
             }
             slot.set_weight(b.weight);
@@ -191,7 +192,7 @@ impl PoolState {
             .index_of_address(address)
             .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
         let now = Instant::now();
-        self.slots[i].removing.get_or_insert(now);
+        self.slots[i].pick.removing.get_or_insert(now);
         self.sweep(myself, now);
         self.publish(now);
         Ok(())
@@ -207,10 +208,10 @@ impl PoolState {
         let i = self
             .index_of_address(address)
             .ok_or_else(|| ChangeError::UnknownBackend(address.to_string()))?;
-        if self.slots[i].removing.is_some() {
+        if self.slots[i].pick.removing.is_some() {
             return Err(ChangeError::Removing(address.to_string()));
         }
-        let from = std::mem::replace(&mut self.slots[i].admin, to);
+        let from = std::mem::replace(&mut self.slots[i].pick.admin, to);
         if from != AdminState::Ready && to == AdminState::Ready {
             self.rejoin(i);
         }
@@ -223,7 +224,7 @@ impl PoolState {
     /// pool's mean latency and ramps up.
     fn rejoin(&self, i: usize) {
         let pool_mean = self.mean_latency();
-        if let Some(actor) = &self.slots[i].actor {
+        if let Some(actor) = &self.slots[i].pick.actor {
             let _ = actor.cast(BackendMsg::Rejoin { pool_mean });
         }
     }
@@ -242,8 +243,8 @@ impl PoolState {
         let drain = self.drain;
         let mut i = 0;
         while i < self.slots.len() {
-            let gone = self.slots[i].removing.is_some_and(|since| {
-                self.slots[i].shared.inflight() == 0
+            let gone = self.slots[i].pick.removing.is_some_and(|since| {
+                self.slots[i].pick.shared.inflight() == 0
                     || now.saturating_duration_since(since) >= drain
             });
             if !gone {
@@ -251,7 +252,7 @@ impl PoolState {
                 continue;
             }
             let slot = self.slots.remove(i);
-            slot.shared.metrics.publish(&Figures {
+            slot.pick.shared.metrics.publish(&Figures {
                 weight: 0.0,
                 ewma_seconds: 0.0,
                 success_rate: 0.0,
@@ -259,14 +260,14 @@ impl PoolState {
                 circuit: CircuitState::Closed,
                 inflight: 0,
             });
-            if let Some(actor) = slot.actor {
+            if let Some(actor) = slot.pick.actor {
                 // Out of the slots first, so the supervisor does not restart it.
                 actor.stop(Some("removed".into()));
             }
             tracing::info!(
                 upstream = %self.upstream.name,
-                backend = %slot.shared.authority,
-                inflight = slot.shared.inflight(),
+                backend = %slot.pick.shared.authority,
+                inflight = slot.pick.shared.inflight(),
                 "backend removed"
             );
         }
@@ -274,7 +275,7 @@ impl PoolState {
             myself.stop(Some("upstream removed".into()));
             return;
         }
-        if !self.sweeping && self.slots.iter().any(|s| s.removing.is_some()) {
+        if !self.sweeping && self.slots.iter().any(|s| s.pick.removing.is_some()) {
             self.sweeping = true;
             myself.send_after(SWEEP_PERIOD, || PoolMsg::Sweep);
         }
@@ -284,7 +285,7 @@ impl PoolState {
 impl Slot {
     /// The configured weight, and its gauge.
     fn set_weight(&mut self, weight: u32) {
-        self.static_weight = weight;
-        self.shared.metrics.static_weight(weight);
+        self.pick.static_weight = weight;
+        self.pick.shared.metrics.static_weight(weight);
     }
 }

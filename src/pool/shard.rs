@@ -1,0 +1,290 @@
+//! A pool's shards, architecture.md's "shard picks over several pool workers": with more than one
+//! worker thread (`crate::workers`), each upstream has one [`ShardActor`] on every worker but the
+//! first, which answers the first tries of that worker's requests with its own copy of the
+//! pool's slots and its own algorithm state. A pick then never crosses threads.
+//!
+//! The pool actor, on worker 0, stays the one owner of the backends: it spawns and supervises
+//! their actors, runs the probes, applies reloads and the admin API's changes, answers the picks
+//! of worker 0 and every retry, and sends each shard the slots as they change, in order (one
+//! slot when a backend's view changes, all of them when the membership or the settings do).
+//! What must hold across shards is shared rather than copied: the in-flight counts and the
+//! half-open trials are per-backend atomics, and the first tries a shard hands out are added to
+//! a counter the pool folds into its retry budget, which therefore still bounds the retries of
+//! the whole upstream.
+//!
+//! A shard that fails is not restarted: the pool answers its worker's picks from then on, the
+//! ones it left queued included, so no request waits on it.
+
+use super::choose::{self, Chooser, PickSlot, Rules};
+use super::picks::Picks;
+use crate::config::Upstream;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::rngs::SmallRng;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The slots of an upstream as the pool last sent them, with its settings.
+#[derive(Debug)]
+pub struct Table {
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) slots: Vec<PickSlot>,
+}
+
+/// Messages of a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Answer the picks queued for this shard.
+    Picks,
+    /// The pool's slots and settings, after a change of membership or settings.
+    Table(Arc<Table>),
+    /// One slot changed (its view, or its actor after a restart).
+    Slot(usize, Box<PickSlot>),
+}
+
+/// The actor; its state lives in [`ShardState`].
+#[derive(Debug, Default)]
+pub struct ShardActor;
+
+/// What a shard starts from.
+#[derive(Debug)]
+pub struct ShardArgs {
+    pub(crate) table: Arc<Table>,
+    /// The queue its worker's picks come in.
+    pub(crate) picks: Arc<Picks>,
+    /// Where it counts the first tries it hands out, for the pool's retry budget.
+    pub(crate) deposits: Arc<AtomicU64>,
+    pub(crate) rng: SmallRng,
+}
+
+/// The state a shard drives.
+pub struct ShardState {
+    upstream: Arc<Upstream>,
+    slots: Vec<PickSlot>,
+    chooser: Chooser,
+    picks: Arc<Picks>,
+    deposits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardState")
+            .field("upstream", &self.upstream.name)
+            .field("backends", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        Ok(ShardState {
+            chooser: Chooser::new(args.table.upstream.algorithm, args.rng),
+            upstream: args.table.upstream.clone(),
+            slots: args.table.slots.clone(),
+            picks: args.picks,
+            deposits: args.deposits,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Picks => state.answer(),
+            ShardMsg::Table(table) => {
+                state.chooser.retune(table.upstream.algorithm);
+                state.upstream = table.upstream.clone();
+                state.slots.clone_from(&table.slots);
+            }
+            ShardMsg::Slot(i, slot) => {
+                if let Some(s) = state.slots.get_mut(i) {
+                    *s = *slot;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    /// Answers every queued pick, in the order they came. Only first tries come here: the
+    /// request path sends retries to the pool, whose budget they must fit.
+    fn answer(&mut self) {
+        let picks = self.picks.clone();
+        let rules = Rules::new(&self.upstream, &self.slots);
+        let mut handed = 0;
+        picks.drain(|p| {
+            let answer = self
+                .chooser
+                .choose(&rules, p.key, &p.exclude, p.now)
+                .and_then(|i| choose::lease(&self.slots[i], p.now));
+            handed += u64::from(answer.is_ok());
+            let _ = p.reply.send(answer);
+        });
+        if handed > 0 {
+            self.deposits.fetch_add(handed, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::breaker::CircuitState;
+    use crate::pool::{AdminState, BackendView, NoBackend, Pool, PoolArgs, PoolMsg};
+    use crate::telemetry::metrics::Metrics;
+    use crate::workers::Workers;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Generous: these run on real threads.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Round robin over 127.0.0.1:1, :2 and :3 (ids 0, 1, 2), probed an hour from now: nothing
+    /// here dials them.
+    fn upstream(extra: &str) -> Upstream {
+        let mut text = String::from("[[upstreams]]\nname = \"u\"\nalgorithm = \"round_robin\"\n");
+        for port in 1..=3 {
+            text.push_str(&format!(
+                "[[upstreams.backends]]\naddress = \"127.0.0.1:{port}\"\n"
+            ));
+        }
+        text.push_str("[upstreams.health]\nkind = \"tcp\"\ninterval = \"1h\"\n");
+        text.push_str(extra);
+        Config::from_toml(&text).unwrap().upstreams.remove(0)
+    }
+
+    /// A pool over `upstream` with a shard on each worker but the first.
+    async fn pool_on(workers: &Workers, upstream: Upstream) -> Pool {
+        let args = PoolArgs {
+            upstream,
+            seed: Some(7),
+            metrics: Metrics::new(),
+            drain: Duration::from_secs(1),
+        };
+        Pool::spawn_on(args, &workers.handles()[1..]).await.unwrap()
+    }
+
+    /// `n` picks asked one after another on worker `w` (a retry for `retry`): the port of
+    /// each backend picked, or why none was.
+    async fn picks_on(
+        workers: &Workers,
+        w: usize,
+        pool: &Pool,
+        n: u64,
+        retry: Option<&'static str>,
+    ) -> Vec<Result<String, NoBackend>> {
+        let pool = pool.clone();
+        let asking = async move {
+            let mut out = Vec::new();
+            for key in 0..n {
+                let answer = pool
+                    .ask(key, &[], retry, Instant::now())
+                    .expect("the pool runs");
+                let answer = tokio::time::timeout(PATIENCE, answer)
+                    .await
+                    .expect("answered in time")
+                    .expect("answered");
+                out.push(answer.map(|l| l.authority().rsplit(':').next().unwrap().to_string()));
+            }
+            out
+        };
+        workers.handles()[w].spawn(asking).await.unwrap()
+    }
+
+    fn ports(picks: &[Result<String, NoBackend>]) -> Vec<&str> {
+        picks
+            .iter()
+            .map(|p| p.as_deref().expect("a backend"))
+            .collect()
+    }
+
+    /// A worker's first tries go round every backend, in the algorithm's order.
+    #[tokio::test]
+    async fn a_workers_first_tries_go_round_the_backends() {
+        let workers = Workers::start(2).unwrap();
+        let pool = pool_on(&workers, upstream("")).await;
+        let picks = picks_on(&workers, 1, &pool, 6, None).await;
+        let ports = ports(&picks);
+        assert_eq!(
+            ports[..3],
+            ports[3..],
+            "round robin's turn goes on: {ports:?}"
+        );
+        let mut distinct = ports[..3].to_vec();
+        distinct.sort();
+        assert_eq!(distinct, ["1", "2", "3"]);
+        pool.actor().stop(None);
+    }
+
+    /// A change made through the pool (the admin API's drain) reaches the shards before the
+    /// pool answers it.
+    #[tokio::test]
+    async fn a_backend_drained_through_the_pool_is_left_out_by_the_shards() {
+        let workers = Workers::start(2).unwrap();
+        let pool = pool_on(&workers, upstream("")).await;
+        let drained = ractor::call!(pool.actor(), |reply| PoolMsg::SetState {
+            address: "127.0.0.1:2".into(),
+            state: AdminState::Drain,
+            reply,
+        })
+        .unwrap();
+        assert_eq!(drained, Ok(()));
+        let picks = picks_on(&workers, 1, &pool, 6, None).await;
+        assert!(!ports(&picks).contains(&"2"), "{picks:?}");
+        pool.actor().stop(None);
+    }
+
+    /// A backend's breaker opening, as its actor reports it to the pool, reaches the shards.
+    #[tokio::test]
+    async fn a_breaker_that_opens_reaches_the_shards() {
+        let workers = Workers::start(2).unwrap();
+        let up = upstream("");
+        let decay = up.adaptive.ewma_decay;
+        let pool = pool_on(&workers, up).await;
+        let now = Instant::now();
+        let mut view = BackendView::fresh(true, Duration::from_millis(10), decay, now);
+        view.circuit = CircuitState::Open {
+            until: now + Duration::from_secs(3600),
+        };
+        pool.actor().cast(PoolMsg::View { id: 0, view }).unwrap();
+        // The pool's next answer comes after it handled the view and shared it.
+        let _ = ractor::call!(pool.actor(), PoolMsg::Status).unwrap();
+        let picks = picks_on(&workers, 1, &pool, 6, None).await;
+        assert!(!ports(&picks).contains(&"1"), "{picks:?}");
+        pool.actor().stop(None);
+    }
+
+    /// Retries go to the pool, whose budget counts the first tries the shards handed out.
+    #[tokio::test]
+    async fn retries_go_to_the_pool_whose_budget_counts_the_shards_first_tries() {
+        let workers = Workers::start(2).unwrap();
+        let retry = "[upstreams.retry]\nbudget_ratio = 0.5\nbudget_min_per_sec = 0\n";
+        let pool = pool_on(&workers, upstream(retry)).await;
+        let refused = picks_on(&workers, 1, &pool, 1, Some("connect")).await;
+        assert_eq!(refused, [Err(NoBackend::BudgetExhausted)], "no request yet");
+        let status = ractor::call!(pool.actor(), PoolMsg::Status).unwrap();
+        assert_eq!(status.retries_budget_exhausted, 1, "the pool refused it");
+        let firsts = picks_on(&workers, 1, &pool, 10, None).await;
+        assert_eq!(ports(&firsts).len(), 10);
+        let granted = picks_on(&workers, 1, &pool, 5, Some("connect")).await;
+        assert!(
+            granted.iter().all(Result::is_ok),
+            "half of 10 first tries: {granted:?}"
+        );
+        let over = picks_on(&workers, 1, &pool, 1, Some("connect")).await;
+        assert_eq!(over, [Err(NoBackend::BudgetExhausted)]);
+        pool.actor().stop(None);
+    }
+}
