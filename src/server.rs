@@ -456,7 +456,25 @@ fn serve<H: Handler>(
 }
 
 /// A connection on its way to a worker, with its permit.
-type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+type Accepted = (Socket, SocketAddr, OwnedSemaphorePermit);
+
+/// An accepted socket: as accepted, for worker 0 (where the accepting runs); taken off this
+/// thread's reactor for any other, to be registered with that worker's, so that its readiness
+/// is seen on the thread that serves it.
+enum Socket {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
+}
+
+impl Socket {
+    /// The socket on the reactor of the runtime this is called on.
+    fn registered(self) -> std::io::Result<TcpStream> {
+        match self {
+            Socket::Here(s) => Ok(s),
+            Socket::Moved(s) => TcpStream::from_std(s),
+        }
+    }
+}
 
 /// How the accepting task reaches one worker: its queue of new connections, and how many it
 /// serves.
@@ -466,7 +484,8 @@ struct Hand {
 }
 
 /// Accepts connections until `stopped`, each handed to the worker with the fewest open, as
-/// nginx's workers take new connections when they are least busy.
+/// nginx's workers take new connections when they are least busy. Runs on worker 0, whose hand
+/// is the first of `hands`.
 async fn accept(
     name: &'static str,
     listener: TcpListener,
@@ -498,13 +517,20 @@ async fn accept(
             _ = until_true(&mut stopped) => break,
         };
         let _ = stream.set_nodelay(true);
-        // Off this thread's reactor, to be registered with the worker's: a socket's readiness
-        // is then seen on the thread that serves it.
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
-        let Some(hand) = hands.iter().min_by_key(|h| h.open.load(Ordering::Relaxed)) else {
+        let Some((index, hand)) = hands
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, h)| h.open.load(Ordering::Relaxed))
+        else {
             break;
+        };
+        let stream = if index == 0 {
+            Socket::Here(stream)
+        } else {
+            match stream.into_std() {
+                Ok(s) => Socket::Moved(s),
+                Err(_) => continue,
+            }
         };
         hand.open.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::error::SendError((_, _, permit))) =
@@ -556,7 +582,7 @@ async fn tend<H: Handler>(
         // task held it twice (as what it captured and as what it awaits), 2.1 KiB instead of
         // 1.1 KiB for every connection, parked or not.
         conns.spawn(async move {
-            if let Ok(stream) = TcpStream::from_std(stream) {
+            if let Ok(stream) = stream.registered() {
                 connection::serve(stream, client, handler, builders, stopped, limits).await;
             }
             open.fetch_sub(1, Ordering::Relaxed);
