@@ -12,7 +12,7 @@ use crate::proxy::body::{AnswerBody, BoxError, HoldBody};
 use crate::proxy::{headers, Proxy};
 use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
-use crate::workers::Workers;
+use crate::workers::{self, Workers};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -210,7 +210,7 @@ impl Server {
                 seed,
                 &metrics,
                 config.listen.drain_timeout,
-                &workers.handles()[1..],
+                workers.others(),
             )
             .await
             .map_err(|reason| StartError::Pool {
@@ -230,7 +230,7 @@ impl Server {
             proxy.clone(),
             metrics.clone(),
             seed,
-            workers.handles()[1..].to_vec(),
+            workers.others().to_vec(),
         ));
         let admin = Arc::new(Admin::new(control.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);
@@ -247,7 +247,7 @@ impl Server {
             proxy.clone(),
             &stopped,
             limits,
-            workers.handles(),
+            (workers.serving(), workers.first_serving()),
         );
         // The admin listener's few requests stay on worker 0, with the actors they ask.
         tasks.extend(serve(
@@ -256,7 +256,7 @@ impl Server {
             admin,
             &stopped,
             limits,
-            &workers.handles()[..1],
+            (&workers.handles()[..1], 0),
         ));
         tasks.push(tokio::spawn(upkeep(metrics, stopped)));
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstreams, "fulcrum started");
@@ -410,17 +410,17 @@ async fn upkeep(metrics: Metrics, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts connections on `listener` and hands each to the worker serving the fewest, which
-/// serves HTTP/1.1 and HTTP/2 on it with `handler`, until `stopped` turns true; then each worker
-/// lets its open connections finish for at most the drain timeout. The returned tasks end when
-/// all that is done.
+/// Accepts connections on `listener` and hands each to the one of `workers` (the first of
+/// which is worker number `first`) serving the fewest, which serves HTTP/1.1 and HTTP/2 on it
+/// with `handler`, until `stopped` turns true; then each worker lets its open connections
+/// finish for at most the drain timeout. The returned tasks end when all that is done.
 fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
     stopped: &watch::Receiver<bool>,
     limits: Limits,
-    workers: &[Handle],
+    (workers, first): (&[Handle], usize),
 ) -> Vec<JoinHandle<()>> {
     let builders = Arc::new(Builders::new(&limits));
     let mut tasks = Vec::with_capacity(workers.len() + 1);
@@ -431,6 +431,7 @@ fn serve<H: Handler>(
         hands.push(Hand {
             accepted: hand,
             open: open.clone(),
+            here: first + index == workers::current(),
         });
         tasks.push(worker.spawn(tend(
             Tending {
@@ -481,11 +482,12 @@ impl Socket {
 struct Hand {
     accepted: mpsc::UnboundedSender<Accepted>,
     open: Arc<AtomicUsize>,
+    /// Its worker is the one accepting.
+    here: bool,
 }
 
 /// Accepts connections until `stopped`, each handed to the worker with the fewest open, as
-/// nginx's workers take new connections when they are least busy. Runs on worker 0, whose hand
-/// is the first of `hands`.
+/// nginx's workers take new connections when they are least busy. Runs on worker 0.
 async fn accept(
     name: &'static str,
     listener: TcpListener,
@@ -517,14 +519,10 @@ async fn accept(
             _ = until_true(&mut stopped) => break,
         };
         let _ = stream.set_nodelay(true);
-        let Some((index, hand)) = hands
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, h)| h.open.load(Ordering::Relaxed))
-        else {
+        let Some(hand) = hands.iter().min_by_key(|h| h.open.load(Ordering::Relaxed)) else {
             break;
         };
-        let stream = if index == 0 {
+        let stream = if hand.here {
             Socket::Here(stream)
         } else {
             match stream.into_std() {

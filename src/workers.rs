@@ -1,7 +1,13 @@
 //! The worker threads of `runtime.worker_threads`, as nginx's worker processes: each runs its
 //! own tokio current-thread runtime, so a connection, its requests and its backend connections
-//! stay on one thread and a wake-up never crosses cores. Worker 0 is the thread that starts the
-//! server: the actors, the admin listener and the accepting of connections run there too.
+//! stay on one thread and a wake-up never crosses cores.
+//!
+//! With one worker, that worker is the thread that starts the server, and everything runs on
+//! it. With more, that thread (worker 0) is the main thread, as Envoy's is: it runs the actors,
+//! the admin listener and the accepting of connections, and serves none; workers 1 to N serve
+//! them. Worker 0's work then never delays a request: when it served connections too, its share
+//! of them waited on the actors' work (p99 at 16 connections 0.9–2.4 ms against 0.7 ms without,
+//! BENCHMARKS.md, tenth round).
 //!
 //! Why not tokio's multi-thread scheduler: with the load generator and the backends on the same
 //! cores, its work stealing and cross-core wake-ups cost fulcrum a third more CPU per request at
@@ -53,8 +59,9 @@ impl Workers {
         }
     }
 
-    /// The runtime this is called on and `count - 1` more threads, each with a current-thread
-    /// runtime (`count` 0 is one per core).
+    /// `count` workers serving connections (0 is one per core): with one, the runtime this is
+    /// called on; with more, that runtime as worker 0, serving none, and `count` threads, each
+    /// with a current-thread runtime.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -63,8 +70,9 @@ impl Workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let extra = if count > 1 { count } else { 0 };
         let mut workers = Workers::one();
-        for index in 1..count {
+        for index in 1..=extra {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -79,7 +87,7 @@ impl Workers {
                 })?;
             workers.threads.push((stop, thread));
         }
-        MOST.fetch_max(count, Ordering::Relaxed);
+        MOST.fetch_max(extra + 1, Ordering::Relaxed);
         Ok(workers)
     }
 
@@ -88,14 +96,22 @@ impl Workers {
         &self.handles
     }
 
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
+    /// The runtimes that serve connections: worker 0 alone, or all the others.
+    pub fn serving(&self) -> &[Handle] {
+        match self.handles.len() {
+            1 => &self.handles,
+            _ => &self.handles[1..],
+        }
     }
 
-    /// Never: there is always worker 0.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+    /// The number of the first of [`Self::serving`]: 0 or 1.
+    pub fn first_serving(&self) -> usize {
+        usize::from(self.handles.len() > 1)
+    }
+
+    /// The runtimes other than worker 0's, where the pools keep their shards.
+    pub fn others(&self) -> &[Handle] {
+        &self.handles[1..]
     }
 }
 
@@ -112,11 +128,23 @@ impl Drop for Workers {
 mod tests {
     use super::*;
 
-    /// Each extra worker runs what is spawned on it on its own thread, which knows its number.
+    /// One worker is this runtime alone, serving.
+    #[tokio::test]
+    async fn one_worker_is_the_runtime_it_starts_on() {
+        let workers = Workers::start(1).unwrap();
+        assert_eq!(workers.handles().len(), 1);
+        assert_eq!(workers.serving().len(), 1);
+        assert!(workers.others().is_empty());
+    }
+
+    /// Each worker runs what is spawned on it on its own thread, which knows its number; worker
+    /// 0, this runtime, serves nothing when there are others.
     #[tokio::test]
     async fn each_worker_runs_its_tasks_on_its_own_thread() {
-        let workers = Workers::start(3).unwrap();
-        assert_eq!(workers.len(), 3);
+        let workers = Workers::start(2).unwrap();
+        assert_eq!(workers.handles().len(), 3);
+        assert_eq!(workers.serving().len(), 2);
+        assert_eq!(workers.others().len(), 2);
         assert!(slots() >= 3);
         let mut seen = Vec::new();
         for h in workers.handles() {
