@@ -53,6 +53,11 @@ const DEFAULT_LATENCY: Duration = Duration::from_millis(10);
 /// budget's window, the length of one of its buckets.
 const FOLD_PERIOD: Duration = Duration::from_secs(1);
 
+/// How long a backend's new estimate may wait before the pool's shards get it, with the others
+/// of that time. The shards' weights then lag the pool's by this much at most; what takes a
+/// backend in or out of rotation goes at once.
+const SHARE_PERIOD: Duration = Duration::from_millis(10);
+
 /// How often a pool looks whether its removed backends have drained.
 const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 
@@ -134,6 +139,8 @@ pub enum PoolMsg {
     Shards(Shards, RpcReplyPort<()>),
     /// Fold the first tries the shards handed out into the retry budget (a timer, with shards).
     Fold,
+    /// Send the shards the backends' new estimates (a timer, after an estimate changed).
+    Share,
 }
 
 /// One backend as /status shows it.
@@ -224,6 +231,9 @@ struct Slot {
     restarts: u32,
     /// A probe of it is scheduled or running (probes pause while it is `not_ready`).
     probing: bool,
+    /// Its view changed since the shards last got it, in nothing that moves it in or out of
+    /// rotation: they get it with the next [`PoolMsg::Share`].
+    unshared: bool,
 }
 
 impl AsRef<PickSlot> for Slot {
@@ -255,6 +265,8 @@ pub struct PoolState {
     shards: Shards,
     /// First tries the shards handed out, not yet in the budget.
     deposits: Arc<AtomicU64>,
+    /// A [`PoolMsg::Share`] is on its way.
+    sharing: bool,
 }
 
 impl std::fmt::Debug for PoolState {
@@ -303,6 +315,7 @@ impl Actor for PoolActor {
             picks,
             shards: Arc::new([]),
             deposits,
+            sharing: false,
         };
         for b in &up.backends {
             state.add_slot(&myself, b, false, epoch).await?;
@@ -338,7 +351,7 @@ impl Actor for PoolActor {
                 });
             }
             PoolMsg::BodyNotReplayable => state.body_too_large += 1,
-            PoolMsg::View { id, view } => state.update_view(id, view, Instant::now()),
+            PoolMsg::View { id, view } => state.update_view(&myself, id, view, Instant::now()),
             PoolMsg::ProbeResult { id, pass } => state.probe_result(&myself, id, pass),
             PoolMsg::Status(reply) => {
                 let _ = reply.send(state.status(Instant::now()));
@@ -406,6 +419,7 @@ impl Actor for PoolActor {
                 let _ = reply.send(());
             }
             PoolMsg::Fold => state.fold(Instant::now()),
+            PoolMsg::Share => state.share_estimates(),
         }
         Ok(())
     }
@@ -562,9 +576,16 @@ impl PoolState {
         Ok(())
     }
 
-    fn update_view(&mut self, id: BackendId, view: BackendView, now: Instant) {
+    fn update_view(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        id: BackendId,
+        view: BackendView,
+        now: Instant,
+    ) {
         let Some(i) = self.index_of(id) else { return };
-        let before = self.slots[i].pick.view.circuit;
+        let old = self.slots[i].pick.view;
+        let before = old.circuit;
         let slot = &mut self.slots[i];
         slot.pick.view = view;
         match (before, view.circuit) {
@@ -591,7 +612,22 @@ impl PoolState {
             (_, CircuitState::HalfOpen) => slot.pick.shared.reset_trials(),
             (_, CircuitState::Closed) => slot.pick.opened_at = None,
         }
-        self.share(i);
+        // A change of rotation goes to the shards at once; a new estimate (latency, success
+        // rate), which comes with nearly every batch of outcomes, within `SHARE_PERIOD`, with
+        // the others of that time: a message per estimate woke every worker thousands of
+        // times a second.
+        let rotation = std::mem::discriminant(&before) != std::mem::discriminant(&view.circuit)
+            || old.healthy != view.healthy
+            || old.slow_start_since != view.slow_start_since;
+        if rotation {
+            self.share(i);
+        } else if !self.shards.is_empty() {
+            self.slots[i].unshared = true;
+            if !self.sharing {
+                self.sharing = true;
+                myself.send_after(SHARE_PERIOD, || PoolMsg::Share);
+            }
+        }
         self.publish(now);
     }
 
@@ -604,9 +640,12 @@ impl PoolState {
     }
 
     /// Sends every running shard all the slots.
-    fn share_all(&self) {
+    fn share_all(&mut self) {
         if self.shards.is_empty() {
             return;
+        }
+        for slot in &mut self.slots {
+            slot.unshared = false;
         }
         let table = self.table();
         for shard in self.running_shards() {
@@ -615,10 +654,21 @@ impl PoolState {
     }
 
     /// Sends every running shard slot `i`, changed.
-    fn share(&self, i: usize) {
+    fn share(&mut self, i: usize) {
+        self.slots[i].unshared = false;
         for shard in self.running_shards() {
             let slot = Box::new(self.slots[i].pick.clone());
             let _ = shard.actor.cast(ShardMsg::Slot(i, slot));
+        }
+    }
+
+    /// Sends every running shard the slots whose estimates changed since they last got them.
+    fn share_estimates(&mut self) {
+        self.sharing = false;
+        for i in 0..self.slots.len() {
+            if self.slots[i].unshared {
+                self.share(i);
+            }
         }
     }
 

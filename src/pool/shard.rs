@@ -154,7 +154,11 @@ mod tests {
     /// Round robin over 127.0.0.1:1, :2 and :3 (ids 0, 1, 2), probed an hour from now: nothing
     /// here dials them.
     fn upstream(extra: &str) -> Upstream {
-        let mut text = String::from("[[upstreams]]\nname = \"u\"\nalgorithm = \"round_robin\"\n");
+        upstream_of("round_robin", extra)
+    }
+
+    fn upstream_of(algorithm: &str, extra: &str) -> Upstream {
+        let mut text = format!("[[upstreams]]\nname = \"u\"\nalgorithm = \"{algorithm}\"\n");
         for port in 1..=3 {
             text.push_str(&format!(
                 "[[upstreams.backends]]\naddress = \"127.0.0.1:{port}\"\n"
@@ -263,6 +267,34 @@ mod tests {
         let _ = ractor::call!(pool.actor(), PoolMsg::Status).unwrap();
         let picks = picks_on(&workers, 1, &pool, 6, None).await;
         assert!(!ports(&picks).contains(&"1"), "{picks:?}");
+        pool.actor().stop(None);
+    }
+
+    /// A backend's new latency estimate, which moves no backend in or out of rotation, reaches
+    /// the shards too, with the others of its `SHARE_PERIOD`: their weights follow the pool's.
+    #[tokio::test]
+    async fn a_new_estimate_reaches_the_shards() {
+        let workers = Workers::start(2).unwrap();
+        let up = upstream_of("adaptive", "");
+        let decay = up.adaptive.ewma_decay;
+        let pool = pool_on(&workers, up).await;
+        let count = |picks: &[Result<String, NoBackend>]| {
+            ports(picks).iter().filter(|p| **p == "1").count()
+        };
+        let even = picks_on(&workers, 1, &pool, 300, None).await;
+        assert!(count(&even) > 60, "alike, a third each: {even:?}");
+        let now = Instant::now();
+        let slow = BackendView::fresh(true, Duration::from_secs(1), decay, now);
+        pool.actor()
+            .cast(PoolMsg::View { id: 0, view: slow })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = picks_on(&workers, 1, &pool, 300, None).await;
+        assert!(
+            count(&after) < 30,
+            "100 times slower, it gets a small share: {} of 300",
+            count(&after)
+        );
         pool.actor().stop(None);
     }
 

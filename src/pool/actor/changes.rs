@@ -53,6 +53,7 @@ impl PoolState {
             backoff: Backoff::new(up.health.backoff_base, up.health.backoff_max),
             restarts: 0,
             probing: false,
+            unshared: false,
         });
         let i = self.slots.len() - 1;
         self.spawn_backend(myself, i, ramp).await?;
