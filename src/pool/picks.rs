@@ -94,9 +94,35 @@ impl Pool {
                 shards: Arc::new([]),
             });
         }
+        let mut shards = Vec::with_capacity(workers.len());
+        match Pool::start_shards(&actor, &deposits, seed, workers, &mut shards).await {
+            Ok(shards) => Ok(Pool {
+                actor,
+                picks,
+                shards,
+            }),
+            Err(e) => {
+                // Nothing is left running of a pool that could not start whole.
+                for shard in &shards {
+                    shard.actor.stop(None);
+                }
+                actor.stop(None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the shards of the pool `actor` on `workers`, each pushed to `shards` as it
+    /// starts, and hands them to the pool.
+    async fn start_shards(
+        actor: &ActorRef<PoolMsg>,
+        deposits: &Arc<AtomicU64>,
+        seed: Option<u64>,
+        workers: &[Handle],
+        shards: &mut Vec<Shard>,
+    ) -> Result<Shards, SpawnErr> {
         let failed = |e: &dyn std::fmt::Display| SpawnErr::StartupFailed(e.to_string().into());
         let table = ractor::call!(actor, PoolMsg::Table).map_err(|e| failed(&e))?;
-        let mut shards = Vec::with_capacity(workers.len());
         for (n, worker) in workers.iter().enumerate() {
             let args = ShardArgs {
                 table: table.clone(),
@@ -109,33 +135,28 @@ impl Pool {
             };
             let picks = args.picks.clone();
             let pool = actor.get_cell();
-            let spawned = worker
+            let (shard, _) = worker
                 .spawn(async move { Actor::spawn_linked(None, ShardActor, args, pool).await })
                 .await
-                .map_err(|e| failed(&e))?;
-            match spawned {
-                Ok((shard, _)) => shards.push(Shard {
-                    actor: shard,
-                    picks,
-                    gone: AtomicBool::new(false),
-                }),
-                Err(e) => {
-                    actor.stop(None);
-                    return Err(e);
-                }
-            }
+                .map_err(|e| failed(&e))??;
+            shards.push(Shard {
+                actor: shard,
+                picks,
+                gone: AtomicBool::new(false),
+            });
         }
-        let shards: Shards = shards.into();
+        let started: Shards = std::mem::take(shards).into();
         // The pool sends them the slots again as it takes them on: whatever changed since the
         // table above reaches them. Waited for: ractor hands a supervisor its children's exits
         // ahead of its messages, and an exit of a shard the pool does not know yet would leave
         // that shard's picks unanswered.
-        ractor::call!(actor, PoolMsg::Shards, shards.clone()).map_err(|e| failed(&e))?;
-        Ok(Pool {
-            actor,
-            picks,
-            shards,
-        })
+        if let Err(e) = ractor::call!(actor, PoolMsg::Shards, started.clone()) {
+            for shard in started.iter() {
+                shard.actor.stop(None);
+            }
+            return Err(failed(&e));
+        }
+        Ok(started)
     }
 
     /// The actor, for the messages other than picks.
