@@ -34,6 +34,12 @@ pub fn current() -> usize {
     CURRENT.with(Cell::get)
 }
 
+/// Whether the actors run on this thread: worker 0 (the main thread, or the one worker), or
+/// any thread that is not a worker.
+pub fn hosts_actors() -> bool {
+    current() == 0
+}
+
 /// How many per-worker slots a table needs for any worker of this process.
 pub fn slots() -> usize {
     MOST.load(Ordering::Relaxed)

@@ -11,6 +11,7 @@ use fulcrum::workers::Workers;
 use loadtest::Fault;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio::task::JoinSet;
 
 /// Clients that each keep their own connection, so that the server sees as many.
 const CLIENTS: usize = 4;
@@ -25,28 +26,17 @@ async fn start_on(config: &Config, workers: &Workers) -> Server {
 /// connection: the answers by backend (non-200 as "!<status>").
 async fn side_by_side(server: &Server, n: usize) -> BTreeMap<String, usize> {
     let addr = server.proxy_addr();
-    let runs = (0..CLIENTS).map(|_| async move { spread(&client(), addr, n).await });
+    let mut runs = JoinSet::new();
+    for _ in 0..CLIENTS {
+        runs.spawn(async move { spread(&client(), addr, n).await });
+    }
     let mut counts = BTreeMap::new();
-    for run in together(runs).await {
+    for run in runs.join_all().await {
         for (k, v) in run {
             *counts.entry(k).or_insert(0) += v;
         }
     }
     counts
-}
-
-/// Runs the futures together, each in its own task (so on this runtime, side by side).
-async fn together<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let tasks: Vec<_> = fs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("a client ran"));
-    }
-    out
 }
 
 #[tokio::test]

@@ -346,9 +346,7 @@ impl Actor for PoolActor {
                     state.fold(Instant::now());
                 }
                 let picks = state.picks.clone();
-                picks.drain(|p| {
-                    let _ = p.reply.send(state.pick(p.key, &p.exclude, p.retry, p.now));
-                });
+                state.answer(&picks);
             }
             PoolMsg::BodyNotReplayable => state.body_too_large += 1,
             PoolMsg::View { id, view } => state.update_view(&myself, id, view, Instant::now()),
@@ -463,9 +461,7 @@ impl Actor for PoolActor {
             );
             shard.gone.store(true, Ordering::Release);
             let picks = shard.picks.clone();
-            picks.drain(|p| {
-                let _ = p.reply.send(state.pick(p.key, &p.exclude, p.retry, p.now));
-            });
+            state.answer(&picks);
             return Ok(());
         }
         // The pool stops its children only when it stops itself, so any exit seen here is
@@ -685,6 +681,13 @@ impl PoolState {
             self.budget
                 .deposit_many(u32::try_from(n).unwrap_or(u32::MAX), now);
         }
+    }
+
+    /// Answers every pick queued in `picks`, in the order they came.
+    fn answer(&mut self, picks: &Picks) {
+        picks.drain(|p| {
+            let _ = p.reply.send(self.pick(p.key, &p.exclude, p.retry, p.now));
+        });
     }
 
     /// A lease for one try, as [`PoolMsg::Pick`] asks; a retry must also find room in the

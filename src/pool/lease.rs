@@ -172,12 +172,12 @@ impl Lease {
             .store(self.shared.stamp(now), Ordering::Relaxed);
         self.shared.metrics.outcome(outcome.kind, outcome.latency);
         // A failure goes at once; so does an outcome when nothing else is in flight to this
-        // backend and the actor runs on this thread (worker 0: one worker), since no other is
-        // coming to share the message and waiting would only cost the thread a wake-up of its
-        // own. On another worker, the message wakes the main thread: better one wake-up for
-        // the outcomes of a millisecond than one for each.
+        // backend and the actor runs on this thread, since no other is coming to share the
+        // message and waiting would only cost the thread a wake-up of its own. On another
+        // worker, the message wakes the main thread: better one wake-up for the outcomes of a
+        // millisecond than one for each.
         let urgent =
-            outcome.kind.is_failure() || (self.shared.inflight() <= 1 && workers::current() == 0);
+            outcome.kind.is_failure() || (self.shared.inflight() <= 1 && workers::hosts_actors());
         match self.shared.outcomes.push(outcome, urgent) {
             Nudge::None => {}
             Nudge::Now => ask_to_drain(&self.actor, &self.shared),
