@@ -1,7 +1,9 @@
 //! The cost of a pick and of an outcome (issue 8): each balancing algorithm called directly over
 //! 3, 30 and 300 backends; the same pick asked of a running pool actor, by one caller and by 16
 //! at once, both as a ractor call and as the proxy asks (queued, one message per batch); and the
-//! per-outcome update of the breaker and the peak EWMA.
+//! per-outcome update of the breaker and the peak EWMA. With more than one worker thread, a
+//! connection's first try is answered by its worker's shard of the pool instead: that pick,
+//! asked on a worker thread by one caller and by 16 at once, is the `shard` group.
 //!
 //! `cargo bench --bench pick`. Nothing here opens a connection: the pool's backends are never
 //! dialled (a pick only hands out a lease), and its probes are an hour away.
@@ -13,6 +15,7 @@ use fulcrum::policy::breaker::Breaker;
 use fulcrum::policy::ewma::PeakEwma;
 use fulcrum::pool::{Pool, PoolArgs, PoolMsg};
 use fulcrum::telemetry::metrics::Metrics;
+use fulcrum::workers::Workers;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::hint::black_box;
@@ -83,7 +86,8 @@ fn pool_config(n: usize, algorithm: Algorithm) -> Config {
     }
 }
 
-async fn spawn_pool(n: usize, algorithm: Algorithm) -> Pool {
+/// A pool over `n` backends on this runtime, with a shard on each of `workers`.
+async fn spawn_pool(n: usize, algorithm: Algorithm, workers: &[tokio::runtime::Handle]) -> Pool {
     let config = pool_config(n, algorithm);
     let args = PoolArgs {
         upstream: config.upstreams[0].clone(),
@@ -91,7 +95,7 @@ async fn spawn_pool(n: usize, algorithm: Algorithm) -> Pool {
         metrics: Metrics::new(),
         drain: Duration::from_secs(1),
     };
-    Pool::spawn(args).await.expect("pool starts")
+    Pool::spawn_on(args, workers).await.expect("pool starts")
 }
 
 /// How a pick reaches the actor.
@@ -152,7 +156,7 @@ fn pool_actor(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool_actor");
     group.throughput(Throughput::Elements(1));
     for n in SIZES {
-        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive));
+        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive, &[]));
         for way in [Way::Call, Way::Queued] {
             group.bench_function(
                 BenchmarkId::new(format!("one_caller_{}", way.name()), n),
@@ -167,32 +171,72 @@ fn pool_actor(c: &mut Criterion) {
             // 16 callers at once: the time per pick when the actor's mailbox is contended.
             group.bench_function(
                 BenchmarkId::new(format!("16_callers_{}", way.name()), n),
-                |b| {
-                    b.to_async(&rt).iter_custom(|iters| {
-                        let pool = pool.clone();
-                        async move {
-                            let per = iters.div_ceil(16).max(1);
-                            let started = Instant::now();
-                            let tasks: Vec<_> = (0..16u64)
-                                .map(|t| {
-                                    let pool = pool.clone();
-                                    tokio::spawn(async move {
-                                        for k in 0..per {
-                                            pick(&pool, way, t * per + k).await;
-                                        }
-                                    })
-                                })
-                                .collect();
-                            for t in tasks {
-                                t.await.expect("caller");
-                            }
-                            // Per pick, as `iters` asked: the callers ran `16 × per` of them.
-                            started.elapsed().mul_f64(iters as f64 / (16 * per) as f64)
-                        }
-                    })
-                },
+                |b| b.iter_custom(|iters| timed_picks(&rt, rt.handle(), &pool, way, 16, iters)),
             );
         }
+        pool.actor().stop(None);
+    }
+    group.finish();
+}
+
+/// `callers` tasks on `on` asking `iters` picks of `pool` between them, `way`; the time per pick.
+fn timed_picks(
+    rt: &tokio::runtime::Runtime,
+    on: &tokio::runtime::Handle,
+    pool: &Pool,
+    way: Way,
+    callers: u64,
+    iters: u64,
+) -> Duration {
+    let per = iters.div_ceil(callers).max(1);
+    let pool = pool.clone();
+    let inner = on.clone();
+    // Awaited through `rt`, which keeps the pool actor running meanwhile when `on` is another
+    // runtime.
+    let elapsed = rt.block_on(on.spawn(async move {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|t| {
+                let pool = pool.clone();
+                inner.spawn(async move {
+                    for k in 0..per {
+                        pick(&pool, way, t * per + k).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        started.elapsed()
+    }));
+    // Per pick, as `iters` asked: the callers ran `callers × per` of them.
+    elapsed
+        .expect("callers")
+        .mul_f64(iters as f64 / (callers * per) as f64)
+}
+
+fn shard(c: &mut Criterion) {
+    // As `fulcrum run` with `runtime.worker_threads = 2`: the main thread's current-thread
+    // runtime runs the pool actor, and each worker thread a shard.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let workers = rt
+        .block_on(async { Workers::start(2) })
+        .expect("worker threads");
+    let worker = workers.others()[0].clone();
+    let mut group = c.benchmark_group("shard");
+    group.throughput(Throughput::Elements(1));
+    for n in SIZES {
+        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive, workers.others()));
+        group.bench_function(BenchmarkId::new("one_caller", n), |b| {
+            b.iter_custom(|iters| timed_picks(&rt, &worker, &pool, Way::Queued, 1, iters))
+        });
+        group.bench_function(BenchmarkId::new("16_callers", n), |b| {
+            b.iter_custom(|iters| timed_picks(&rt, &worker, &pool, Way::Queued, 16, iters))
+        });
         pool.actor().stop(None);
     }
     group.finish();
@@ -219,5 +263,5 @@ fn outcome(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, algorithms, pool_actor, outcome);
+criterion_group!(benches, algorithms, pool_actor, shard, outcome);
 criterion_main!(benches);
