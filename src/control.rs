@@ -87,12 +87,12 @@ pub struct Control {
     metrics: Metrics,
     token: ArcSwapOption<String>,
     seed: Option<u64>,
-    /// The workers after the first, where a new pool starts its shards.
+    /// The workers that serve connections, where a new pool starts its shards.
     workers: Vec<Handle>,
 }
 
-/// Starts the pool actor of `upstream` here, and its shards on `workers` (the workers after
-/// the first); `drain` bounds how long its removed backends linger.
+/// Starts the pool actor of `upstream` here, and its shards on `workers` (the workers that
+/// serve connections); `drain` bounds how long its removed backends linger.
 pub async fn spawn_pool(
     upstream: &Upstream,
     seed: Option<u64>,
@@ -119,7 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Control {
     /// The control of a server just started on `config` (read from `source`, if a file) with
     /// these pools (config order) and this proxy; a reload starts new pools' shards on
-    /// `workers` (the workers after the first).
+    /// `workers` (the workers that serve connections).
     pub fn new(
         config: Config,
         source: Option<PathBuf>,

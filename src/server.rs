@@ -210,7 +210,7 @@ impl Server {
                 seed,
                 &metrics,
                 config.listen.drain_timeout,
-                workers.others(),
+                workers.serving(),
             )
             .await
             .map_err(|reason| StartError::Pool {
@@ -230,7 +230,7 @@ impl Server {
             proxy.clone(),
             metrics.clone(),
             seed,
-            workers.others().to_vec(),
+            workers.serving().to_vec(),
         ));
         let admin = Arc::new(Admin::new(control.clone(), metrics.clone()));
         let (stop, stopped) = watch::channel(false);

@@ -115,7 +115,7 @@ impl Workers {
         usize::from(self.handles.len() > 1)
     }
 
-    /// The runtimes other than worker 0's, where the pools keep their shards.
+    /// The runtimes other than worker 0's.
     pub fn others(&self) -> &[Handle] {
         &self.handles[1..]
     }

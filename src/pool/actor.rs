@@ -261,7 +261,7 @@ pub struct PoolState {
     body_too_large: u64,
     /// The picks the request path queued.
     picks: Arc<Picks>,
-    /// The shards on the other workers, which get every change of the slots.
+    /// The shards on the serving workers, which get every change of the slots.
     shards: Shards,
     /// First tries the shards handed out, not yet in the budget.
     deposits: Arc<AtomicU64>,
@@ -452,16 +452,14 @@ impl Actor for PoolActor {
             .iter()
             .find(|s| s.actor.get_id() == cell.get_id())
         {
-            // Its worker's picks come here from now on (see `super::shard`); those it left
-            // queued are answered now.
+            // Its worker's picks come here from now on: its slots went with its state (see
+            // `super::shard`).
             tracing::warn!(
                 upstream = %state.upstream.name,
                 reason = %why,
                 "a pick shard exited; the pool answers its worker's picks"
             );
             shard.gone.store(true, Ordering::Release);
-            let picks = shard.picks.clone();
-            state.answer(&picks);
             return Ok(());
         }
         // The pool stops its children only when it stops itself, so any exit seen here is

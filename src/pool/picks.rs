@@ -1,25 +1,22 @@
-//! How the request path asks a pool for a backend: a [`Pool`] queues the pick and nudges the
-//! actor only when no nudge is on its way (see [`super::batch`]); the actor answers every
-//! queued pick when the nudge comes, in the order they came, each on its own reply channel.
-//! The picks still go through an actor, which alone touches the algorithm's state; what a
-//! busy proxy saves is ractor's cost per message (the boxed message, the actor's select over
-//! its ports, the panic guard), paid once per batch instead of once per request.
-//!
-//! With several worker threads, a first try asked on worker `n > 0` goes to the pool's shard on
-//! that worker ([`super::shard`]); retries, and every pick of worker 0, go to the pool actor.
+//! How the request path asks a pool for a backend. A first try on a worker with a shard of the
+//! pool is picked there and then, from the shard ([`super::shard`]). Any other pick (a retry,
+//! or a first try on a thread without a shard) is queued for the pool actor, which is nudged
+//! only when no nudge is on its way (see [`super::batch`]) and answers every queued pick when
+//! the nudge comes, in the order they came, each on its own reply channel: what a busy proxy
+//! saves there is ractor's cost per message (the boxed message, the actor's select over its
+//! ports, the panic guard), paid once per batch instead of once per request.
 
 use super::actor::{NoBackend, PoolActor, PoolArgs, PoolMsg};
 use super::batch::{Batch, Nudge};
 use super::lease::Lease;
-use super::shard::{ShardActor, ShardArgs, ShardMsg};
+use super::shard::{self, ShardActor, ShardArgs, ShardMsg};
 use crate::policy::balance::BackendId;
-use crate::workers;
 use ractor::{Actor, ActorRef, SpawnErr};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -48,25 +45,27 @@ pub struct PoolStart {
     pub(crate) deposits: Arc<AtomicU64>,
 }
 
-/// A pool's shard as the request path and the pool reach it.
+/// A pool's shard as the pool reaches it.
 #[derive(Debug)]
 pub struct Shard {
     pub(crate) actor: ActorRef<ShardMsg>,
-    pub(crate) picks: Arc<Picks>,
-    /// It failed: its worker's picks go to the pool actor.
+    /// It exited: the pool sends it nothing more.
     pub(crate) gone: AtomicBool,
 }
 
-/// A pool's shards, the one of worker `n` at `n - 1`.
+/// A pool's shards, one per serving worker thread.
 pub type Shards = Arc<[Shard]>;
 
+/// Numbers the pools of this process, which their shards are found by.
+static POOLS: AtomicU64 = AtomicU64::new(0);
+
 /// A running pool actor as the proxy holds it: its ref, for every message, its pick queue, and
-/// its shards.
+/// the number its shards are found by.
 #[derive(Debug, Clone)]
 pub struct Pool {
     actor: ActorRef<PoolMsg>,
     picks: Arc<Picks>,
-    shards: Shards,
+    id: u64,
 }
 
 impl Pool {
@@ -75,8 +74,10 @@ impl Pool {
         Pool::spawn_on(args, &[]).await
     }
 
-    /// Starts a pool actor on this runtime (worker 0) and a shard of it on each of `workers`
-    /// (workers 1, 2, ..., in order), linked to it.
+    /// Starts a pool actor on this runtime and a shard of it on each of `workers` that is a
+    /// current-thread runtime, linked to it. (A shard's actor must run on the thread whose
+    /// requests read it; on a multi-thread runtime nothing holds it to one, and that runtime's
+    /// picks go to the pool actor.)
     pub async fn spawn_on(args: PoolArgs, workers: &[Handle]) -> Result<Pool, SpawnErr> {
         let picks = Arc::new(Picks::default());
         let deposits = Arc::new(AtomicU64::new(0));
@@ -87,53 +88,57 @@ impl Pool {
             deposits: deposits.clone(),
         };
         let (actor, _) = Actor::spawn(None, PoolActor, start).await?;
+        let pool = Pool {
+            actor,
+            picks,
+            id: POOLS.fetch_add(1, Ordering::Relaxed),
+        };
+        let workers: Vec<&Handle> = workers
+            .iter()
+            .filter(|w| w.runtime_flavor() == RuntimeFlavor::CurrentThread)
+            .collect();
         if workers.is_empty() {
-            return Ok(Pool {
-                actor,
-                picks,
-                shards: Arc::new([]),
-            });
+            return Ok(pool);
         }
         let mut shards = Vec::with_capacity(workers.len());
-        match Pool::start_shards(&actor, &deposits, seed, workers, &mut shards).await {
-            Ok(shards) => Ok(Pool {
-                actor,
-                picks,
-                shards,
-            }),
+        match pool
+            .start_shards(&deposits, seed, &workers, &mut shards)
+            .await
+        {
+            Ok(()) => Ok(pool),
             Err(e) => {
                 // Nothing is left running of a pool that could not start whole.
                 for shard in &shards {
                     shard.actor.stop(None);
                 }
-                actor.stop(None);
+                pool.actor.stop(None);
                 Err(e)
             }
         }
     }
 
-    /// Starts the shards of the pool `actor` on `workers`, each pushed to `shards` as it
-    /// starts, and hands them to the pool.
+    /// Starts this pool's shards on `workers`, each pushed to `shards` as it starts, and hands
+    /// them to the pool actor.
     async fn start_shards(
-        actor: &ActorRef<PoolMsg>,
+        &self,
         deposits: &Arc<AtomicU64>,
         seed: Option<u64>,
-        workers: &[Handle],
+        workers: &[&Handle],
         shards: &mut Vec<Shard>,
-    ) -> Result<Shards, SpawnErr> {
+    ) -> Result<(), SpawnErr> {
         let failed = |e: &dyn std::fmt::Display| SpawnErr::StartupFailed(e.to_string().into());
+        let actor = &self.actor;
         let table = ractor::call!(actor, PoolMsg::Table).map_err(|e| failed(&e))?;
         for (n, worker) in workers.iter().enumerate() {
             let args = ShardArgs {
+                pool: self.id,
                 table: table.clone(),
-                picks: Arc::new(Picks::default()),
                 deposits: deposits.clone(),
                 rng: match seed {
                     Some(s) => SmallRng::seed_from_u64(s ^ (n as u64 + 1).rotate_left(32)),
                     None => SmallRng::from_os_rng(),
                 },
             };
-            let picks = args.picks.clone();
             let pool = actor.get_cell();
             let (shard, _) = worker
                 .spawn(async move { Actor::spawn_linked(None, ShardActor, args, pool).await })
@@ -141,22 +146,21 @@ impl Pool {
                 .map_err(|e| failed(&e))??;
             shards.push(Shard {
                 actor: shard,
-                picks,
                 gone: AtomicBool::new(false),
             });
         }
         let started: Shards = std::mem::take(shards).into();
         // The pool sends them the slots again as it takes them on: whatever changed since the
         // table above reaches them. Waited for: ractor hands a supervisor its children's exits
-        // ahead of its messages, and an exit of a shard the pool does not know yet would leave
-        // that shard's picks unanswered.
+        // ahead of its messages, and an exit of a shard the pool does not know yet would go
+        // unnoticed.
         if let Err(e) = ractor::call!(actor, PoolMsg::Shards, started.clone()) {
             for shard in started.iter() {
                 shard.actor.stop(None);
             }
             return Err(failed(&e));
         }
-        Ok(started)
+        Ok(())
     }
 
     /// The actor, for the messages other than picks.
@@ -166,9 +170,9 @@ impl Pool {
 
     /// Asks for a backend for one try: `key` is the request's affinity key, `exclude` the
     /// backends it already tried, `retry` the reason when it is a retry, `now` the caller's
-    /// reading of the clock (as [`PoolMsg::Pick`]). The answer comes on the receiver; `None`
-    /// when the actor is gone, and a receiver that closes unanswered when it goes before
-    /// answering.
+    /// reading of the clock (as [`PoolMsg::Pick`]). The answer comes on the receiver, at once
+    /// when this thread's shard picked it; `None` when the pool actor, asked, is gone, and a
+    /// receiver that closes unanswered when it goes before answering.
     pub fn ask(
         &self,
         key: u64,
@@ -177,6 +181,12 @@ impl Pool {
         now: Instant,
     ) -> Option<oneshot::Receiver<PickAnswer>> {
         let (reply, answer) = oneshot::channel();
+        if retry.is_none() {
+            if let Some(picked) = shard::pick_here(self.id, key, exclude, now) {
+                let _ = reply.send(picked);
+                return Some(answer);
+            }
+        }
         let request = PickRequest {
             key,
             exclude: exclude.to_vec(),
@@ -184,48 +194,13 @@ impl Pool {
             now,
             reply,
         };
-        let worker = workers::current();
-        let shard = match retry {
-            None if worker > 0 => self.shards.get(worker - 1),
-            _ => None,
-        };
-        match shard {
-            Some(shard) if !shard.gone.load(Ordering::Acquire) => {
-                if shard.picks.push(request, true) == Nudge::Now
-                    && shard.actor.cast(ShardMsg::Picks).is_err()
-                {
-                    shard.gone.store(true, Ordering::Release);
-                }
-                // Gone now, or gone before the pick was queued: the pool takes what it left.
-                if shard.gone.load(Ordering::Acquire) && !self.hand_over(shard) {
-                    return None;
-                }
-            }
-            _ => {
-                if !self.queue(request) {
-                    return None;
-                }
-            }
-        }
-        Some(answer)
-    }
-
-    /// Queues `request` for the pool actor; false when the actor is gone.
-    fn queue(&self, request: PickRequest) -> bool {
         if self.picks.push(request, true) == Nudge::Now && self.actor.cast(PoolMsg::Picks).is_err()
         {
             // The pick stays queued, unanswered, and its receiver goes with the caller's return.
             self.picks.unnudge();
-            return false;
+            return None;
         }
-        true
-    }
-
-    /// Moves the picks a failed shard left queued to the pool actor; false when that is gone too.
-    fn hand_over(&self, shard: &Shard) -> bool {
-        let mut alive = true;
-        shard.picks.drain(|p| alive &= self.queue(p));
-        alive
+        Some(answer)
     }
 }
 
@@ -302,65 +277,8 @@ mod tests {
         pool.actor().stop(None);
     }
 
-    /// A shard that takes messages and answers nothing: what is queued for it stays queued.
-    struct Silent;
-
-    impl Actor for Silent {
-        type Msg = ShardMsg;
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(
-            &self,
-            _: ActorRef<ShardMsg>,
-            _: (),
-        ) -> Result<(), ractor::ActorProcessingErr> {
-            Ok(())
-        }
-    }
-
-    /// On worker 1, a first try goes to that worker's shard; a retry, and any pick on worker 0,
-    /// to the pool actor.
-    #[tokio::test]
-    async fn first_tries_go_to_the_workers_shard_and_retries_to_the_pool() {
-        let workers = crate::workers::Workers::start(2).unwrap();
-        let owner = round_robin_over_three().await;
-        let (silent, _) = Actor::spawn(None, Silent, ()).await.unwrap();
-        let queue = Arc::new(Picks::default());
-        let pool = Pool {
-            shards: Arc::new([Shard {
-                actor: silent.clone(),
-                picks: queue.clone(),
-                gone: AtomicBool::new(false),
-            }]),
-            ..owner.clone()
-        };
-        let ask = |retry: Option<&'static str>| {
-            let pool = pool.clone();
-            async move {
-                let answer = pool.ask(0, &[], retry, Instant::now()).unwrap();
-                tokio::time::timeout(Duration::from_millis(500), answer)
-                    .await
-                    .map(|a| a.unwrap().is_ok())
-            }
-        };
-        let on_worker_1 = workers.handles()[1].spawn(ask(None)).await.unwrap();
-        assert!(on_worker_1.is_err(), "left to the silent shard");
-        let mut queued = 0;
-        queue.drain(|_| queued += 1);
-        assert_eq!(queued, 1);
-        let retry = workers.handles()[1].spawn(ask(Some("connect")));
-        assert_eq!(retry.await.unwrap(), Ok(true), "answered by the pool");
-        assert_eq!(ask(None).await, Ok(true), "worker 0 asks the pool");
-        silent.stop(None);
-        owner.actor().stop(None);
-    }
-
-    /// When a shard fails, the picks it left queued and its worker's picks from then on are
-    /// answered by the pool.
-    #[tokio::test]
-    async fn a_failed_shards_picks_are_answered_by_the_pool() {
-        let workers = crate::workers::Workers::start(2).unwrap();
+    /// A pool over one backend, with a shard on each of `workers`.
+    async fn one_backend_on(workers: &[Handle]) -> Pool {
         let mut text = String::from("[[upstreams]]\nname = \"u\"\n");
         text.push_str("[[upstreams.backends]]\naddress = \"127.0.0.1:1\"\n");
         text.push_str("[upstreams.health]\nkind = \"tcp\"\ninterval = \"1h\"\n");
@@ -371,34 +289,77 @@ mod tests {
             metrics: Metrics::new(),
             drain: Duration::from_secs(1),
         };
-        let pool = Pool::spawn_on(args, &workers.handles()[1..]).await.unwrap();
-        let shard = &pool.shards[0];
-        // A pick queued for it before it goes, with no nudge: only a hand-over answers it.
-        let (reply, left) = oneshot::channel();
-        let request = PickRequest {
-            key: 0,
-            exclude: Vec::new(),
-            retry: None,
-            now: Instant::now(),
-            reply,
-        };
-        assert_eq!(shard.picks.push(request, false), Nudge::Later);
-        shard
-            .actor
+        Pool::spawn_on(args, workers).await.unwrap()
+    }
+
+    /// How a pick asked on this thread was answered: `Some(true)` at once, as a shard picks in
+    /// place; `Some(false)` later, by the pool actor; `None` not at all.
+    async fn answered(pool: Pool, retry: Option<&'static str>) -> Option<bool> {
+        let mut answer = pool.ask(0, &[], retry, Instant::now())?;
+        if let Ok(picked) = answer.try_recv() {
+            return picked.is_ok().then_some(true);
+        }
+        let later = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        matches!(later, Ok(Ok(Ok(_)))).then_some(false)
+    }
+
+    /// On a worker with a shard, a first try is picked there and then, with no message to any
+    /// actor; a pick on a thread without a shard is answered by the pool actor. (That retries
+    /// go to the pool, whose budget they must fit, `super::shard`'s tests show.)
+    #[tokio::test]
+    async fn first_tries_are_picked_in_place_where_there_is_a_shard() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let pool = one_backend_on(workers.others()).await;
+        let on_worker_1 = workers.handles()[1].spawn(answered(pool.clone(), None));
+        assert_eq!(on_worker_1.await.unwrap(), Some(true), "in place");
+        assert_eq!(
+            answered(pool.clone(), None).await,
+            Some(false),
+            "no shard on this thread: by the pool"
+        );
+        pool.actor().stop(None);
+    }
+
+    /// A pool started on this current-thread runtime has a shard here too, which picks its
+    /// first tries in place; once that shard's actor stops, the pool actor answers them.
+    #[tokio::test]
+    async fn a_stopped_shards_picks_are_answered_by_the_pool() {
+        let pool = one_backend_on(&[Handle::current()]).await;
+        assert_eq!(answered(pool.clone(), None).await, Some(true), "in place");
+        let shards: Vec<_> = pool
+            .actor()
+            .get_children()
+            .into_iter()
+            .filter(|c| c.is_message_type_of::<ShardMsg>() == Some(true))
+            .collect();
+        assert_eq!(shards.len(), 1, "one shard, here");
+        shards[0]
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await
             .unwrap();
-        let left = tokio::time::timeout(Duration::from_secs(5), left).await;
-        assert!(matches!(left, Ok(Ok(Ok(_)))), "{left:?}");
-        assert!(shard.gone.load(Ordering::Acquire));
-        let asked = {
-            let pool = pool.clone();
-            workers.handles()[1].spawn(async move {
-                let answer = pool.ask(0, &[], None, Instant::now()).unwrap();
-                tokio::time::timeout(Duration::from_secs(5), answer).await
-            })
-        };
-        assert!(matches!(asked.await.unwrap(), Ok(Ok(Ok(_)))));
+        assert_eq!(
+            answered(pool.clone(), None).await,
+            Some(false),
+            "by the pool, not from the stopped shard's slots"
+        );
+        pool.actor().stop(None);
+    }
+
+    /// On a multi-thread runtime, which may move an actor between its threads, no shard is
+    /// started: the pool actor answers every pick.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_thread_runtime_gets_no_shard() {
+        let pool = one_backend_on(&[Handle::current()]).await;
+        let shards = pool
+            .actor()
+            .get_children()
+            .into_iter()
+            .filter(|c| c.is_message_type_of::<ShardMsg>() == Some(true))
+            .count();
+        assert_eq!(shards, 0);
+        // The pool actor may answer on the other thread before the answer is looked at: that
+        // it comes at all is what this can tell.
+        assert!(answered(pool.clone(), None).await.is_some());
         pool.actor().stop(None);
     }
 

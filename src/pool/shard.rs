@@ -1,27 +1,37 @@
-//! A pool's shards, architecture.md's "shard picks over several pool workers": with more than one
-//! worker thread (`crate::workers`), each upstream has one [`ShardActor`] on every worker but the
-//! first, which answers the first tries of that worker's requests with its own copy of the
-//! pool's slots and its own algorithm state. A pick then never crosses threads.
+//! A pool's shards, architecture.md's "shard picks over several pool workers": each upstream has
+//! one [`ShardActor`] on every worker thread that serves connections (`crate::workers`), and the
+//! first tries of that worker's requests are picked from the shard's copy of the pool's slots,
+//! with its own algorithm state. A pick then never crosses threads, and takes no message: the
+//! request path reads the shard in place ([`pick_here`]), as nginx's workers each read their own
+//! copy of an upstream's state. A message to an actor per pick cost some 3,000 instructions a
+//! request at one connection, where nothing shares it (BENCHMARKS.md, eleventh round).
+//!
+//! The shard's slots live in a table of this thread's shards, which only this thread touches:
+//! its actor, which runs here too (each worker is a current-thread runtime), applies the pool's
+//! changes to them in the order they come, between the picks; its state's drop, however the
+//! actor ends, takes them out, after which its worker's picks go to the pool actor.
 //!
 //! The pool actor, on worker 0, stays the one owner of the backends: it spawns and supervises
-//! their actors, runs the probes, applies reloads and the admin API's changes, answers the picks
-//! of worker 0 and every retry, and sends each shard the slots as they change, in order (one
-//! slot when a backend's view changes, all of them when the membership or the settings do).
-//! What must hold across shards is shared rather than copied: the in-flight counts and the
-//! half-open trials are per-backend atomics, and the first tries a shard hands out are added to
-//! a counter the pool folds into its retry budget, which therefore still bounds the retries of
-//! the whole upstream.
+//! their actors, runs the probes, applies reloads and the admin API's changes, answers every
+//! retry (and the first tries of a worker without a shard), and sends each shard the slots as
+//! they change, in order (one slot when a backend's view changes, all of them when the
+//! membership or the settings do). What must hold across shards is shared rather than copied:
+//! the in-flight counts and the half-open trials are per-backend atomics, and the first tries a
+//! shard hands out are added to a counter the pool folds into its retry budget, which therefore
+//! still bounds the retries of the whole upstream.
 //!
-//! A shard that fails is not restarted: the pool answers its worker's picks from then on, the
-//! ones it left queued included, so no request waits on it.
+//! A shard that fails is not restarted: the pool answers its worker's picks from then on.
 
 use super::choose::{self, Chooser, PickSlot, Rules};
-use super::picks::Picks;
+use super::picks::PickAnswer;
 use crate::config::Upstream;
+use crate::policy::balance::BackendId;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::rngs::SmallRng;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 /// The slots of an upstream as the pool last sent them, with its settings.
 #[derive(Debug)]
@@ -33,45 +43,90 @@ pub struct Table {
 /// Messages of a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Answer the picks queued for this shard.
-    Picks,
     /// The pool's slots and settings, after a change of membership or settings.
     Table(Arc<Table>),
     /// One slot changed (its view, or its actor after a restart).
     Slot(usize, Box<PickSlot>),
 }
 
-/// The actor; its state lives in [`ShardState`].
+/// The actor; what it keeps up to date is this thread's [`Local`] of its pool.
 #[derive(Debug, Default)]
 pub struct ShardActor;
 
 /// What a shard starts from.
 #[derive(Debug)]
 pub struct ShardArgs {
+    /// The number of its pool ([`super::Pool`]), which the request path looks it up by.
+    pub(crate) pool: u64,
     pub(crate) table: Arc<Table>,
-    /// The queue its worker's picks come in.
-    pub(crate) picks: Arc<Picks>,
     /// Where it counts the first tries it hands out, for the pool's retry budget.
     pub(crate) deposits: Arc<AtomicU64>,
     pub(crate) rng: SmallRng,
 }
 
-/// The state a shard drives.
+/// A shard's actor state: which pool's [`Local`] it keeps. Dropping it takes that out of this
+/// thread's table, so that a shard that stopped or failed is not picked from stale.
+#[derive(Debug)]
 pub struct ShardState {
+    pool: u64,
+}
+
+impl Drop for ShardState {
+    fn drop(&mut self) {
+        // During the thread's exit the table may be gone already: then there is nothing to do.
+        let _ = HERE.try_with(|here| {
+            if let Ok(mut here) = here.try_borrow_mut() {
+                here.retain(|l| l.pool != self.pool);
+            }
+        });
+    }
+}
+
+/// One pool's shard on this thread: what its picks read and its actor writes.
+struct Local {
+    pool: u64,
     upstream: Arc<Upstream>,
     slots: Vec<PickSlot>,
     chooser: Chooser,
-    picks: Arc<Picks>,
     deposits: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for ShardState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardState")
-            .field("upstream", &self.upstream.name)
-            .field("backends", &self.slots.len())
-            .finish()
-    }
+thread_local! {
+    /// This thread's shards, one per pool that has one here.
+    static HERE: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A first try of a request with affinity `key`, not among `exclude`, at `now`, picked on this
+/// thread from pool `pool`'s shard; `None` when this thread has none (or it is in use), and the
+/// pool actor must be asked.
+pub(crate) fn pick_here(
+    pool: u64,
+    key: u64,
+    exclude: &[BackendId],
+    now: Instant,
+) -> Option<PickAnswer> {
+    HERE.with(|here| {
+        let mut here = here.try_borrow_mut().ok()?;
+        let local = here.iter_mut().find(|l| l.pool == pool)?;
+        let rules = Rules::new(&local.upstream, &local.slots);
+        let answer = local
+            .chooser
+            .choose(&rules, key, exclude, now)
+            .and_then(|i| choose::lease(&local.slots[i], now));
+        if answer.is_ok() {
+            local.deposits.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(answer)
+    })
+}
+
+/// Applies `change` to pool `pool`'s shard on this thread.
+fn change_here(pool: u64, change: impl FnOnce(&mut Local)) {
+    HERE.with(|here| {
+        if let Some(local) = here.borrow_mut().iter_mut().find(|l| l.pool == pool) {
+            change(local);
+        }
+    });
 }
 
 impl Actor for ShardActor {
@@ -84,13 +139,19 @@ impl Actor for ShardActor {
         _: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        Ok(ShardState {
+        let local = Local {
+            pool: args.pool,
             chooser: Chooser::new(args.table.upstream.algorithm, args.rng),
             upstream: args.table.upstream.clone(),
             slots: args.table.slots.clone(),
-            picks: args.picks,
             deposits: args.deposits,
-        })
+        };
+        HERE.with(|here| {
+            let mut here = here.borrow_mut();
+            here.retain(|l| l.pool != args.pool);
+            here.push(local);
+        });
+        Ok(ShardState { pool: args.pool })
     }
 
     async fn handle(
@@ -100,40 +161,18 @@ impl Actor for ShardActor {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Picks => state.answer(),
-            ShardMsg::Table(table) => {
-                state.chooser.retune(table.upstream.algorithm);
-                state.upstream = table.upstream.clone();
-                state.slots.clone_from(&table.slots);
-            }
-            ShardMsg::Slot(i, slot) => {
-                if let Some(s) = state.slots.get_mut(i) {
+            ShardMsg::Table(table) => change_here(state.pool, |local| {
+                local.chooser.retune(table.upstream.algorithm);
+                local.upstream = table.upstream.clone();
+                local.slots.clone_from(&table.slots);
+            }),
+            ShardMsg::Slot(i, slot) => change_here(state.pool, |local| {
+                if let Some(s) = local.slots.get_mut(i) {
                     *s = *slot;
                 }
-            }
+            }),
         }
         Ok(())
-    }
-}
-
-impl ShardState {
-    /// Answers every queued pick, in the order they came. Only first tries come here: the
-    /// request path sends retries to the pool, whose budget they must fit.
-    fn answer(&mut self) {
-        let picks = self.picks.clone();
-        let rules = Rules::new(&self.upstream, &self.slots);
-        let mut handed = 0;
-        picks.drain(|p| {
-            let answer = self
-                .chooser
-                .choose(&rules, p.key, &p.exclude, p.now)
-                .and_then(|i| choose::lease(&self.slots[i], p.now));
-            handed += u64::from(answer.is_ok());
-            let _ = p.reply.send(answer);
-        });
-        if handed > 0 {
-            self.deposits.fetch_add(handed, Ordering::Relaxed);
-        }
     }
 }
 

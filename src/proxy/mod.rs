@@ -479,7 +479,7 @@ impl PickError {
     }
 }
 
-/// Asks the pool actor for a backend.
+/// Asks the pool for a backend.
 async fn pick(
     pool: &Pool,
     key: u64,
@@ -487,9 +487,10 @@ async fn pick(
     retry: Option<&'static str>,
     now: Instant,
 ) -> Result<Lease, PickError> {
-    // Queued through the pool's handle (a message to the actor per batch, not per pick), and
-    // waited for until a deadline from the caller's `now` rather than a clock read of its own,
-    // with no timer armed when the answer comes at once (see `patient`).
+    // Picked in place by this worker's shard (a first try), or queued for the pool actor (a
+    // message per batch, not per pick) and waited for until a deadline from the caller's `now`
+    // rather than a clock read of its own, with no timer armed when the answer comes at once
+    // (see `patient`).
     let Some(answer) = pool.ask(key, tried, retry, now) else {
         return Err(PickError::NotAnswering);
     };
