@@ -7,7 +7,7 @@
 //! An item is urgent or can wait. An urgent one (a pick, a failed try, the outcome of the only
 //! request in flight to its backend) is sent for at once, even when a message that waits is on
 //! its way. One that can wait (a successful try's outcome while others are in flight) is sent
-//! for [`COALESCE`] later, so that the outcomes of a millisecond's requests reach their
+//! for [`COALESCE`] later, so that the outcomes of those milliseconds' requests reach their
 //! backend's actor in one message rather than a few each: at 16 connections outcomes came one
 //! or two to a message, which cost as much as folding them. At one request at a time the wait
 //! would only add a wake-up of the thread for its timer, so nothing waits then.
@@ -33,8 +33,11 @@ pub(crate) struct Batch<T> {
 }
 
 /// How long a successful try's outcome may wait for others to join it. Short beside anything
-/// the estimates react to (a failure is never kept waiting).
-pub(crate) const COALESCE: Duration = Duration::from_millis(1);
+/// the estimates react to (a failure is never kept waiting), and half of what the shards' copy
+/// of an estimate may lag anyway (`SHARE_PERIOD`). 5 ms rather than 1: on a serving worker each
+/// message wakes the main thread, and at one connection with two workers 1 ms cost 15% more CPU
+/// per request (BENCHMARKS.md, eleventh round).
+pub(crate) const COALESCE: Duration = Duration::from_millis(5);
 
 const IDLE: u8 = 0;
 const LATER: u8 = 1;

@@ -174,8 +174,8 @@ impl Lease {
         // A failure goes at once; so does an outcome when nothing else is in flight to this
         // backend and the actor runs on this thread, since no other is coming to share the
         // message and waiting would only cost the thread a wake-up of its own. On another
-        // worker, the message wakes the main thread: better one wake-up for the outcomes of a
-        // millisecond than one for each.
+        // worker, the message wakes the main thread: better one wake-up for the outcomes of
+        // `COALESCE` than one for each.
         let urgent =
             outcome.kind.is_failure() || (self.shared.inflight() <= 1 && workers::hosts_actors());
         match self.shared.outcomes.push(outcome, urgent) {
