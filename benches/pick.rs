@@ -226,11 +226,11 @@ fn shard(c: &mut Criterion) {
     let workers = rt
         .block_on(async { Workers::start(2) })
         .expect("worker threads");
-    let worker = workers.others()[0].clone();
+    let worker = workers.serving()[0].clone();
     let mut group = c.benchmark_group("shard");
     group.throughput(Throughput::Elements(1));
     for n in SIZES {
-        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive, workers.others()));
+        let pool = rt.block_on(spawn_pool(n, Algorithm::Adaptive, workers.serving()));
         group.bench_function(BenchmarkId::new("one_caller", n), |b| {
             b.iter_custom(|iters| timed_picks(&rt, &worker, &pool, Way::Queued, 1, iters))
         });

@@ -114,11 +114,6 @@ impl Workers {
     pub fn first_serving(&self) -> usize {
         usize::from(self.handles.len() > 1)
     }
-
-    /// The runtimes other than worker 0's.
-    pub fn others(&self) -> &[Handle] {
-        &self.handles[1..]
-    }
 }
 
 impl Drop for Workers {
@@ -140,7 +135,6 @@ mod tests {
         let workers = Workers::start(1).unwrap();
         assert_eq!(workers.handles().len(), 1);
         assert_eq!(workers.serving().len(), 1);
-        assert!(workers.others().is_empty());
     }
 
     /// Each worker runs what is spawned on it on its own thread, which knows its number; worker
@@ -150,7 +144,6 @@ mod tests {
         let workers = Workers::start(2).unwrap();
         assert_eq!(workers.handles().len(), 3);
         assert_eq!(workers.serving().len(), 2);
-        assert_eq!(workers.others().len(), 2);
         assert!(slots() >= 3);
         let mut seen = Vec::new();
         for h in workers.handles() {

@@ -309,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn first_tries_are_picked_in_place_where_there_is_a_shard() {
         let workers = crate::workers::Workers::start(2).unwrap();
-        let pool = one_backend_on(workers.others()).await;
+        let pool = one_backend_on(workers.serving()).await;
         let on_worker_1 = workers.handles()[1].spawn(answered(pool.clone(), None));
         assert_eq!(on_worker_1.await.unwrap(), Some(true), "in place");
         assert_eq!(

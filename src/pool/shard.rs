@@ -208,7 +208,7 @@ mod tests {
         Config::from_toml(&text).unwrap().upstreams.remove(0)
     }
 
-    /// A pool over `upstream` with a shard on each worker but the first.
+    /// A pool over `upstream` with a shard on each serving worker.
     async fn pool_on(workers: &Workers, upstream: Upstream) -> Pool {
         let args = PoolArgs {
             upstream,
@@ -216,7 +216,7 @@ mod tests {
             metrics: Metrics::new(),
             drain: Duration::from_secs(1),
         };
-        Pool::spawn_on(args, &workers.handles()[1..]).await.unwrap()
+        Pool::spawn_on(args, workers.serving()).await.unwrap()
     }
 
     /// `n` picks asked one after another on worker `w` (a retry for `retry`): the port of
