@@ -1,5 +1,5 @@
 //! BackendActor: one per backend, spawned linked to its pool. It folds every request outcome
-//! (queued by the frontend, a batch per message: [`super::outcomes`]) and every probe result
+//! (queued by the frontend, a batch per message: [`super::batch`]) and every probe result
 //! (forwarded by the pool) into its policies — the circuit breaker, the peak EWMA of latency,
 //! the success rate, rise/fall of probes, the slow-start ramp — and tells the pool its
 //! [`BackendView`] when that changes. A timer turns an

@@ -7,7 +7,8 @@
 //! near enough, which is what exposes a hung backend long before any timeout fires.
 
 use super::backend::{BackendMsg, Outcome};
-use super::batch::{Nudge, Outcomes, COALESCE};
+use super::batch::{Nudge, Outcomes};
+use super::later;
 use crate::policy::balance::BackendId;
 use crate::telemetry::metrics::BackendMetrics;
 use crate::workers;
@@ -175,20 +176,17 @@ impl Lease {
         // backend and the actor runs on this thread, since no other is coming to share the
         // message and waiting would only cost the thread a wake-up of its own. On another
         // worker, the message wakes the main thread: better one wake-up for the outcomes of
-        // `COALESCE` than one for each.
+        // `COALESCE`, every backend's together, than one for each.
         let urgent =
             outcome.kind.is_failure() || (self.shared.inflight() <= 1 && workers::hosts_actors());
         match self.shared.outcomes.push(outcome, urgent) {
             Nudge::None => {}
             Nudge::Now => ask_to_drain(&self.actor, &self.shared),
             Nudge::Later => {
-                // From a task of ours rather than ractor's `send_after`, which drops the
+                // From a timer of ours rather than ractor's `send_after`, which drops the
                 // message unseen when the actor has died meanwhile: no report would ask again.
                 let (actor, shared) = (self.actor.clone(), self.shared.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(COALESCE).await;
-                    ask_to_drain(&actor, &shared);
-                });
+                later::after_coalesce(move || ask_to_drain(&actor, &shared));
             }
         }
     }

@@ -8,6 +8,7 @@ mod backend;
 mod batch;
 mod change;
 mod choose;
+mod later;
 mod lease;
 mod picks;
 mod probe;
