@@ -137,7 +137,7 @@ async fn pick(pool: &Pool, way: Way, key: u64) {
             _ => None,
         },
         Way::Queued => match pool.ask(key, &[], None, Instant::now()) {
-            Some(answer) => answer.await.ok(),
+            Some(answer) => answer.await,
             None => None,
         },
     };

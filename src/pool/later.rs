@@ -86,8 +86,15 @@ mod tests {
         let (first, at_first) = rx.recv().await.unwrap();
         let (second, at_second) = rx.recv().await.unwrap();
         assert_eq!((first, second), ("a", "b"), "in the order asked");
-        assert_eq!(at_first - start, COALESCE, "the window closes COALESCE after its first");
-        assert_eq!(at_second, at_first, "the later ask did not start a timer of its own");
+        assert_eq!(
+            at_first - start,
+            COALESCE,
+            "the window closes COALESCE after its first"
+        );
+        assert_eq!(
+            at_second, at_first,
+            "the later ask did not start a timer of its own"
+        );
 
         // The window is closed: the next ask opens another, COALESCE after itself.
         let again = Instant::now();

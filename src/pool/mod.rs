@@ -18,5 +18,5 @@ pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, Upstream
 pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
 pub use change::{AdminState, Applied, ChangeError};
 pub use lease::Lease;
-pub use picks::{PickAnswer, Pool, PoolStart, Shard, Shards};
+pub use picks::{Asked, PickAnswer, Pool, PoolStart, Shard, Shards};
 pub use shard::Table;

@@ -14,14 +14,40 @@ use crate::policy::balance::BackendId;
 use ractor::{Actor, ActorRef, SpawnErr};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// What a pick answers.
 pub type PickAnswer = Result<Lease, NoBackend>;
+
+/// A pick's answer, as [`Pool::ask`] hands it back: at hand when this thread's shard picked it,
+/// else on its way from the pool actor. Awaited, it gives the answer, or `None` when the pool
+/// actor went before answering. An answer at hand takes no channel: a first try costs no
+/// allocation for its reply.
+#[derive(Debug)]
+pub enum Asked {
+    /// Picked in place; taken by the first poll.
+    Here(Option<PickAnswer>),
+    /// Queued for the pool actor.
+    Queued(oneshot::Receiver<PickAnswer>),
+}
+
+impl Future for Asked {
+    type Output = Option<PickAnswer>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Asked::Here(answer) => Poll::Ready(answer.take()),
+            Asked::Queued(answer) => Pin::new(answer).poll(cx).map(Result::ok),
+        }
+    }
+}
 
 /// One queued pick, as [`PoolMsg::Pick`] carries one.
 #[derive(Debug)]
@@ -170,23 +196,22 @@ impl Pool {
 
     /// Asks for a backend for one try: `key` is the request's affinity key, `exclude` the
     /// backends it already tried, `retry` the reason when it is a retry, `now` the caller's
-    /// reading of the clock (as [`PoolMsg::Pick`]). The answer comes on the receiver, at once
-    /// when this thread's shard picked it; `None` when the pool actor, asked, is gone, and a
-    /// receiver that closes unanswered when it goes before answering.
+    /// reading of the clock (as [`PoolMsg::Pick`]). The answer is at hand when this thread's
+    /// shard picked it, else queued for the pool actor; `None` when the pool actor, asked, is
+    /// gone.
     pub fn ask(
         &self,
         key: u64,
         exclude: &[BackendId],
         retry: Option<&'static str>,
         now: Instant,
-    ) -> Option<oneshot::Receiver<PickAnswer>> {
-        let (reply, answer) = oneshot::channel();
+    ) -> Option<Asked> {
         if retry.is_none() {
             if let Some(picked) = shard::pick_here(self.id, key, exclude, now) {
-                let _ = reply.send(picked);
-                return Some(answer);
+                return Some(Asked::Here(Some(picked)));
             }
         }
+        let (reply, answer) = oneshot::channel();
         let request = PickRequest {
             key,
             exclude: exclude.to_vec(),
@@ -200,7 +225,7 @@ impl Pool {
             self.picks.unnudge();
             return None;
         }
-        Some(answer)
+        Some(Asked::Queued(answer))
     }
 }
 
@@ -295,12 +320,12 @@ mod tests {
     /// How a pick asked on this thread was answered: `Some(true)` at once, as a shard picks in
     /// place; `Some(false)` later, by the pool actor; `None` not at all.
     async fn answered(pool: Pool, retry: Option<&'static str>) -> Option<bool> {
-        let mut answer = pool.ask(0, &[], retry, Instant::now())?;
-        if let Ok(picked) = answer.try_recv() {
-            return picked.is_ok().then_some(true);
+        let answer = pool.ask(0, &[], retry, Instant::now())?;
+        if let Asked::Here(picked) = answer {
+            return matches!(picked, Some(Ok(_))).then_some(true);
         }
         let later = tokio::time::timeout(Duration::from_secs(5), answer).await;
-        matches!(later, Ok(Ok(Ok(_)))).then_some(false)
+        matches!(later, Ok(Some(Ok(_)))).then_some(false)
     }
 
     /// On a worker with a shard, a first try is picked there and then, with no message to any

@@ -495,7 +495,7 @@ async fn pick(
         return Err(PickError::NotAnswering);
     };
     match patient(answer, now + PICK_TIMEOUT).await {
-        Some(Ok(answer)) => answer.map_err(PickError::NoBackend),
+        Some(Some(answer)) => answer.map_err(PickError::NoBackend),
         _ => Err(PickError::NotAnswering),
     }
 }
