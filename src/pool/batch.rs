@@ -7,7 +7,8 @@
 //! An item is urgent or can wait. An urgent one (a pick, a failed try, the outcome of the only
 //! request in flight to its backend) is sent for at once, even when a message that waits is on
 //! its way. One that can wait (a successful try's outcome while others are in flight) is sent
-//! for [`COALESCE`] later, so that the outcomes of those milliseconds' requests reach their
+//! for at most [`COALESCE`] later, when its thread's window of waiting messages closes
+//! ([`super::later`]), so that the outcomes of those milliseconds' requests reach their
 //! backend's actor in one message rather than a few each: at 16 connections outcomes came one
 //! or two to a message, which cost as much as folding them. At one request at a time the wait
 //! would only add a wake-up of the thread for its timer, so nothing waits then.
@@ -50,7 +51,7 @@ pub(crate) enum Nudge {
     None,
     /// A drain message now.
     Now,
-    /// A drain message after [`COALESCE`].
+    /// A drain message at most [`COALESCE`] from now ([`super::later`]).
     Later,
 }
 
