@@ -44,18 +44,31 @@ pub(crate) fn after_coalesce(ask: impl FnOnce() + Send + 'static) {
             due: vec![Box::new(ask)],
         }));
         *open = Some(window.clone());
+        let closer = Closer(window);
         tokio::spawn(async move {
             tokio::time::sleep(COALESCE).await;
-            let due = {
-                let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-                window.closed = true;
-                std::mem::take(&mut window.due)
-            };
-            for ask in due {
-                ask();
-            }
+            drop(closer);
         });
     });
+}
+
+/// Closes its window when dropped: when the timer fires, or when its task is dropped unfired
+/// because the runtime is going away. The asks still go then, or their backends' queues would
+/// wait for a message no one sends, and this thread's next asks would join a window that never
+/// closes.
+struct Closer(Arc<Mutex<Window>>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let due = {
+            let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            window.closed = true;
+            std::mem::take(&mut window.due)
+        };
+        for ask in due {
+            ask();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +116,30 @@ mod tests {
         assert_eq!(third, "c");
         assert_eq!(at_third - again, COALESCE);
         assert!(rx.try_recv().is_err(), "each ask runs once");
+    }
+
+    #[test]
+    fn a_window_whose_runtime_goes_away_still_sends_its_asks() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { after_coalesce(ask("a", &tx)) });
+        assert!(rx.try_recv().is_err(), "the window is open");
+        drop(runtime);
+        assert_eq!(rx.try_recv().unwrap().0, "a", "sent as the timer went");
+
+        // This thread's next ask opens a window of its own, which closes on time.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            after_coalesce(ask("b", &tx));
+            assert_eq!(rx.recv().await.unwrap().0, "b");
+        });
     }
 
     #[tokio::test(start_paused = true)]
