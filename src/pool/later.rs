@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 type Ask = Box<dyn FnOnce() + Send>;
 
 /// The messages waiting for one timer.
-#[derive(Default)]
 struct Window {
     /// Set when the timer has fired: what comes after needs a window of its own.
     closed: bool,
@@ -25,7 +24,8 @@ thread_local! {
     static OPEN: RefCell<Option<Arc<Mutex<Window>>>> = const { RefCell::new(None) };
 }
 
-/// Runs `ask` [`COALESCE`] after the first of the asks this thread has waiting, with them.
+/// Runs `ask` when this thread's window closes, [`COALESCE`] after the first ask the window
+/// took, together with every other ask it took since (opening a window if none is open).
 ///
 /// # Panics
 /// Outside a tokio runtime.
