@@ -205,7 +205,7 @@ pub struct UpstreamStatus {
     pub retries_off_body_too_large: u64,
 }
 
-/// The actor; its state lives in [`PoolState`].
+/// The actor; its state lives in `PoolState`.
 #[derive(Debug, Default)]
 pub struct PoolActor;
 

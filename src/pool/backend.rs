@@ -118,7 +118,7 @@ impl BackendView {
     }
 }
 
-/// The actor; its state lives in [`BackendState`].
+/// The actor; its state lives in `BackendState`.
 #[derive(Debug, Default)]
 pub struct BackendActor;
 

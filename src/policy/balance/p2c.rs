@@ -36,7 +36,7 @@ pub struct PowerOfTwo {
 }
 
 impl PowerOfTwo {
-    /// `adaptive`: drawn by weight; the cheaper wins only when [`DECISIVE`]ly cheaper.
+    /// `adaptive`: drawn by weight; the cheaper wins only when `DECISIVE`-ly cheaper.
     pub fn weighted() -> Self {
         PowerOfTwo {
             weighted: true,
