@@ -126,35 +126,29 @@ impl Pool {
         if workers.is_empty() {
             return Ok(pool);
         }
-        let mut shards = Vec::with_capacity(workers.len());
-        match pool
-            .start_shards(&deposits, seed, &workers, &mut shards)
-            .await
-        {
+        match pool.start_shards(&deposits, seed, &workers).await {
             Ok(()) => Ok(pool),
             Err(e) => {
-                // Nothing is left running of a pool that could not start whole.
-                for shard in &shards {
-                    shard.actor.stop(None);
-                }
+                // Nothing is left running of a pool that could not start whole: the shards
+                // that did start, like its backends' actors, are its linked children.
+                pool.actor.stop_children(None);
                 pool.actor.stop(None);
                 Err(e)
             }
         }
     }
 
-    /// Starts this pool's shards on `workers`, each pushed to `shards` as it starts, and hands
-    /// them to the pool actor.
+    /// Starts this pool's shards on `workers` and hands them to the pool actor.
     async fn start_shards(
         &self,
         deposits: &Arc<AtomicU64>,
         seed: Option<u64>,
         workers: &[&Handle],
-        shards: &mut Vec<Shard>,
     ) -> Result<(), SpawnErr> {
         let failed = |e: &dyn std::fmt::Display| SpawnErr::StartupFailed(e.to_string().into());
         let actor = &self.actor;
         let table = ractor::call!(actor, PoolMsg::Table).map_err(|e| failed(&e))?;
+        let mut shards = Vec::with_capacity(workers.len());
         for (n, worker) in workers.iter().enumerate() {
             let args = ShardArgs {
                 pool: self.id,
@@ -175,18 +169,12 @@ impl Pool {
                 gone: AtomicBool::new(false),
             });
         }
-        let started: Shards = std::mem::take(shards).into();
+        let started: Shards = shards.into();
         // The pool sends them the slots again as it takes them on: whatever changed since the
         // table above reaches them. Waited for: ractor hands a supervisor its children's exits
         // ahead of its messages, and an exit of a shard the pool does not know yet would go
         // unnoticed.
-        if let Err(e) = ractor::call!(actor, PoolMsg::Shards, started.clone()) {
-            for shard in started.iter() {
-                shard.actor.stop(None);
-            }
-            return Err(failed(&e));
-        }
-        Ok(())
+        ractor::call!(actor, PoolMsg::Shards, started).map_err(|e| failed(&e))
     }
 
     /// The actor, for the messages other than picks.
