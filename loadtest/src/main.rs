@@ -73,6 +73,9 @@ enum Command {
         /// With --all: write the table as markdown, with the date and the command.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Run only at this rate (requests per second) instead of each of the scenario's.
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// Throughput, latency, CPU and memory of fulcrum beside nginx and HAProxy, in one run.
     Bench(BenchArgs),
@@ -148,13 +151,18 @@ async fn command(cli: Cli) -> i32 {
             json,
             plot,
             results,
+            rate,
         } => {
             let files = Files {
                 json,
                 plot,
                 results,
             };
-            match run_scenarios(path, all, fulcrum, quick, &files).await {
+            if rate == Some(0) {
+                eprintln!("loadtest: --rate must be at least 1");
+                std::process::exit(2);
+            }
+            match run_scenarios(path, all, fulcrum, quick, rate, &files).await {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {
@@ -358,6 +366,7 @@ async fn run_scenarios(
     all: bool,
     fulcrum: Option<PathBuf>,
     quick: bool,
+    rate: Option<u32>,
     files: &Files,
 ) -> Result<bool, String> {
     let fulcrum = match fulcrum {
@@ -379,11 +388,15 @@ async fn run_scenarios(
     } else {
         vec![path.ok_or("a scenario file, or --all")?]
     };
-    // Every file is checked before anything runs.
-    let scenarios = scenario_files
-        .iter()
-        .map(|p| Scenario::load(p).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every file is checked before anything runs; then each runs at each of its rates.
+    let mut scenarios = Vec::new();
+    for p in &scenario_files {
+        let mut s = Scenario::load(p).map_err(|e| e.to_string())?;
+        if let Some(r) = rate {
+            s.load.rate = vec![r];
+        }
+        scenarios.extend(s.runs());
+    }
     let opts = run::Options {
         fulcrum,
         progress: true,
@@ -420,7 +433,7 @@ async fn run_scenarios(
         let mut table = markdown_table(&reports);
         for (name, e) in &errors {
             table.push_str(&format!(
-                "\n| {name} | - | - | - | - | - | - | - | - | ERROR: {} |",
+                "\n| {name} | - | - | - | - | - | - | - | - | - | - | - | - | ERROR: {} |",
                 e.replace('|', "/")
             ));
         }
@@ -431,12 +444,17 @@ async fn run_scenarios(
                 "# fulcrum fault scenarios: results\n\n\
                  Produced by `loadtest run --all` on {date} with:\n\n\
                  ```\n{command}\n```\n\n\
-                 Open-loop load (latency from each request's scheduled send time), 127.0.0.1 \
-                 only, 3 in-process backends, fulcrum as a child process. Shares are of \
-                 fulcrum's tries; detect is until the faulty backend gets under 1% of tries in \
-                 every later second; recover is until the recovered backend's first try (for \
-                 all backends: the first 2xx). Each scenario's file says what it expects and \
-                 why; `loadtest run FILE` prints its whole report.\n\n{table}\n",
+                 fulcrum on its default config but where a scenario is about a key (its file \
+                 says so). Open-loop load (latency from each request's scheduled send time) at \
+                 each of a scenario's rates (`name@rate`), 127.0.0.1 only, 3 in-process \
+                 backends, fulcrum as a child process. Shares are of fulcrum's tries; detect is \
+                 until the faulty backend gets under 1% of tries in every later second; recover \
+                 is from the last recovery to the recovered backend's first try (for all \
+                 backends: the first 2xx), every back to the last recovered backend's first \
+                 try, share back to the recovered backends' share over a sliding second \
+                 reaching the scenario's `share_back`; failed after counts the requests sent \
+                 after the recovery that got no 2xx. Each scenario's file says what it expects \
+                 and why; `loadtest run FILE` prints its whole report.\n\n{table}\n",
                 date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
                 command = command.join(" ")
             );

@@ -7,7 +7,12 @@
 //! - **Time to detect**: from the fault until the faulty backend gets under 1% of tries in every
 //!   one-second window to the fault's end.
 //! - **Time to recover**: from the last recovery event to the recovered backend's first try; for
-//!   `all`, to the first 2xx answer.
+//!   `all`, to the first 2xx answer. **Every back**: to the last recovered backend's first try.
+//! - **Share back**: from the last recovery event until the recovered backend (after `all`: each)
+//!   gets `share_back` of the tries over a sliding one-second window.
+//! - **Failed after recovery**: requests sent after the last recovery event that got no 2xx.
+//! - **p99 excess**: the p99 of all requests less the p99 of those the other backends answered.
+//! - **Bystander share**: the least share a backend the timeline never faults got in any second.
 
 use crate::run::{Applied, Record, Run, Sample, View, SAMPLE_PERIOD};
 use crate::scenario::ShareUntil;
@@ -96,6 +101,17 @@ pub struct Report {
     pub detect_s: Option<f64>,
     /// Time to recover, seconds.
     pub recover_s: Option<f64>,
+    /// Time until every recovered backend had a try again, seconds.
+    pub every_back_s: Option<f64>,
+    /// Time until the recovered backends got `share_back` of the tries, seconds.
+    pub share_back_s: Option<f64>,
+    /// Requests sent after the last recovery event that got no 2xx.
+    pub failed_after_recover: Option<u64>,
+    /// p99 of all requests less the p99 of those the backends other than the faulty one
+    /// answered, milliseconds.
+    pub p99_excess_ms: Option<f64>,
+    /// The least share of tries any bystander got in a whole second.
+    pub min_bystander_share: Option<f64>,
     /// fulcrum's retries by reason.
     pub retries: BTreeMap<String, u64>,
     /// fulcrum's failed tries by kind.
@@ -172,6 +188,61 @@ fn next_event_for<'a>(events: &'a [Applied], b: &str, from: f64) -> Option<&'a A
         .find(|e| e.at > from && (e.backend == b || e.backend == "all"))
 }
 
+/// Backend `b`'s share in each whole second.
+fn backends_per_second(shares: &[Share], b: usize) -> Vec<f64> {
+    shares
+        .get(b)
+        .map_or_else(Vec::new, |s| s.per_second.clone())
+}
+
+/// The last recovery event and the backends it brought back (after `all`, every one).
+fn last_recovery(run: &Run) -> Option<(&Applied, Vec<usize>)> {
+    let s = &run.scenario;
+    let e = run.events.iter().rev().find(|e| e.recovery)?;
+    let backends = if e.backend == "all" {
+        (0..s.backends.count).collect()
+    } else {
+        s.backend_index(&e.backend).into_iter().collect()
+    };
+    Some((e, backends))
+}
+
+/// From `from`, the time until backend `b`'s first try.
+fn first_try_after(samples: &[Sample], b: usize, from: f64) -> Option<f64> {
+    let before = picks_at(samples, Duration::from_secs_f64(from.max(0.0)))
+        .get(b)
+        .copied()?;
+    samples
+        .iter()
+        .find(|x| x.t.as_secs_f64() > from && x.picks.get(b).is_some_and(|p| *p > before))
+        .map(|x| x.t.as_secs_f64() - from)
+}
+
+/// From `from`, the time until every backend of `bs` gets at least `min` of the tries over a
+/// sliding window of one second that starts at `from` or later.
+fn share_back_after(
+    samples: &[Sample],
+    bs: &[usize],
+    min: f64,
+    from: f64,
+    end: f64,
+) -> Option<f64> {
+    let window = Duration::from_secs(1);
+    let mut u = Duration::from_secs_f64(from.max(0.0)) + window;
+    let end = Duration::from_secs_f64(end) + SAMPLE_PERIOD;
+    while u <= end {
+        let least = bs
+            .iter()
+            .map(|&b| share(samples, b, u - window, u).unwrap_or(0.0))
+            .reduce(f64::min);
+        if !bs.is_empty() && least.is_some_and(|l| l >= min) {
+            return Some(u.as_secs_f64() - from);
+        }
+        u += SAMPLE_PERIOD;
+    }
+    None
+}
+
 impl Report {
     /// Computes the report of `run`.
     pub fn new(run: &Run) -> Report {
@@ -200,7 +271,7 @@ impl Report {
             percentiles(records.iter().filter(|r| !r.ok()).map(|r| r.latency)).map(|(p, _)| p.p99);
         let seconds = end.as_secs_f64().ceil() as u64;
         let samples = &run.samples;
-        let backends = (0..n)
+        let backends: Vec<Share> = (0..n)
             .map(|b| Share {
                 backend: format!("b{b}"),
                 share: share(samples, b, Duration::ZERO, end + SAMPLE_PERIOD * 10).unwrap_or(0.0),
@@ -249,8 +320,8 @@ impl Report {
             (Some(b), Some((from, until))) => detect(samples, b, secs(from), secs(until)),
             _ => None,
         };
-        let recovery = run.events.iter().rev().find(|e| e.recovery);
-        let recover_s = recovery.and_then(|e| {
+        let recovery = last_recovery(run);
+        let recover_s = recovery.as_ref().and_then(|(e, bs)| {
             if e.backend == "all" {
                 records
                     .iter()
@@ -258,16 +329,39 @@ impl Report {
                     .map(|r| (r.sent + r.latency).as_secs_f64() - e.at)
                     .reduce(f64::min)
             } else {
-                let b = s.backend_index(&e.backend)?;
-                let before = picks_at(samples, secs(e.at)).get(b).copied()?;
-                samples
-                    .iter()
-                    .find(|x| {
-                        x.t.as_secs_f64() > e.at && x.picks.get(b).is_some_and(|p| *p > before)
-                    })
-                    .map(|x| x.t.as_secs_f64() - e.at)
+                first_try_after(samples, *bs.first()?, e.at)
             }
         });
+        let every_back_s = recovery.as_ref().and_then(|(e, bs)| {
+            bs.iter()
+                .map(|&b| first_try_after(samples, b, e.at))
+                .collect::<Option<Vec<f64>>>()
+                .and_then(|v| v.into_iter().reduce(f64::max))
+        });
+        let share_back_s = match (&recovery, s.expect.share_back) {
+            (Some((e, bs)), Some(min)) => {
+                share_back_after(samples, bs, min, e.at, end.as_secs_f64())
+            }
+            _ => None,
+        };
+        let failed_after_recover = recovery.as_ref().map(|(e, _)| {
+            records
+                .iter()
+                .filter(|r| !r.ok() && r.sent.as_secs_f64() >= e.at)
+                .count() as u64
+        });
+        let p99_excess_ms = faulty.and_then(|f| {
+            let others = records
+                .iter()
+                .filter(|r| r.backend.is_some_and(|b| usize::from(b) != f))
+                .map(|r| r.latency);
+            percentiles(others).map(|(p, _)| latency_ms.p99 - p.p99)
+        });
+        let min_bystander_share = s
+            .bystanders()
+            .iter()
+            .flat_map(|&b| backends_per_second(&backends, b))
+            .reduce(f64::min);
         let peak_rss_mib = samples
             .iter()
             .filter_map(|x| x.rss_kib)
@@ -278,7 +372,7 @@ impl Report {
             scenario: s.name.clone(),
             description: s.description.clone(),
             quick: run.quick,
-            rate: s.load.rate,
+            rate: s.rate(),
             duration_s: end.as_secs_f64(),
             request: format!("{} {}", s.load.method, s.load.path),
             requests: records.len() as u64,
@@ -297,6 +391,11 @@ impl Report {
             faulty: faulty_name,
             detect_s,
             recover_s,
+            every_back_s,
+            share_back_s,
+            failed_after_recover,
+            p99_excess_ms,
+            min_bystander_share,
             retries: run.retries.clone(),
             upstream_failures: run.upstream_failures.clone(),
             duplicates: run.duplicates,
@@ -385,13 +484,42 @@ impl Report {
                 self.recover_s.is_some_and(|d| d <= max.as_secs_f64()),
             );
         }
+        if let Some(max) = e.max_every_back {
+            check(
+                "max_every_back",
+                format!("<= {:.2} s", max.as_secs_f64()),
+                fmt_s(self.every_back_s),
+                self.every_back_s.is_some_and(|d| d <= max.as_secs_f64()),
+            );
+        }
+        if let (Some(min), Some(max)) = (e.share_back, e.max_share_back) {
+            check(
+                "max_share_back",
+                format!(
+                    ">= {:.1}% of tries within {:.2} s",
+                    min * 100.0,
+                    max.as_secs_f64()
+                ),
+                fmt_s(self.share_back_s),
+                self.share_back_s.is_some_and(|d| d <= max.as_secs_f64()),
+            );
+        }
+        if let Some(max) = e.max_failed_after_recover {
+            let most = (max.as_secs_f64() * f64::from(self.rate)).floor() as u64;
+            check(
+                "max_failed_after_recover",
+                format!("<= {most} ({} of load)", humantime::format_duration(max)),
+                self.failed_after_recover
+                    .map_or("no recovery".into(), |n| n.to_string()),
+                self.failed_after_recover.is_some_and(|n| n <= most),
+            );
+        }
         if let Some(min) = e.min_final_share {
             let end = s.load.duration;
             let from = end.saturating_sub(e.final_window);
             // The backend that recovered last; after `all`, every one (the least share counts).
-            let recovered: Vec<usize> = match run.events.iter().rev().find(|x| x.recovery) {
-                Some(x) if x.backend == "all" => (0..s.backends.count).collect(),
-                Some(x) => s.backend_index(&x.backend).into_iter().collect(),
+            let recovered: Vec<usize> = match last_recovery(run) {
+                Some((_, bs)) => bs,
                 None => s.faulty().into_iter().collect(),
             };
             let got = recovered
@@ -423,6 +551,25 @@ impl Report {
                 format!("<= {max_ms:.1} ms"),
                 format!("{:.1} ms", self.latency_ms.p99),
                 self.latency_ms.p99 <= max_ms,
+            );
+        }
+        if let Some(max) = e.max_p99_excess {
+            let max_ms = max.as_secs_f64() * 1000.0;
+            check(
+                "max_p99_excess",
+                format!("<= {max_ms:.1} ms over the others' p99"),
+                self.p99_excess_ms
+                    .map_or("unknown".into(), |p| format!("{p:.2} ms")),
+                self.p99_excess_ms.is_some_and(|p| p <= max_ms),
+            );
+        }
+        if let Some(min) = e.min_bystander_share {
+            check(
+                "min_bystander_share",
+                format!(">= {:.1}% of tries in every second", min * 100.0),
+                self.min_bystander_share
+                    .map_or("no bystander".into(), |m| format!("{:.2}%", m * 100.0)),
+                self.min_bystander_share.is_some_and(|m| m >= min),
             );
         }
         if let Some(max) = e.max_failure_p99 {
@@ -517,6 +664,23 @@ impl Report {
                 .as_ref()
                 .map_or(String::new(), |f| format!("   (faulty backend {f})"))
         );
+        if self.every_back_s.is_some() || self.share_back_s.is_some() {
+            let _ = writeln!(
+                o,
+                "  back       every backend {}   share back {}   failed after the recovery {}",
+                fmt(self.every_back_s),
+                fmt(self.share_back_s),
+                self.failed_after_recover
+                    .map_or("-".to_string(), |n| n.to_string())
+            );
+        }
+        if let (Some(p), Some(m)) = (self.p99_excess_ms, self.min_bystander_share) {
+            let _ = writeln!(
+                o,
+                "  tail       p99 over the other backends' {p:.2} ms   least bystander share in a second {:.1}%",
+                m * 100.0
+            );
+        }
         let kv = |m: &BTreeMap<String, u64>| {
             let parts: Vec<String> = m
                 .iter()
@@ -596,8 +760,8 @@ impl Report {
 
     /// The header of [`Report::markdown_row`]'s table.
     pub fn markdown_header() -> &'static str {
-        "| scenario | requests | success | p50 ms | p99 ms | max ms | faulty share | detect | recover | result |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| scenario | rate | requests | success | p50 ms | p99 ms | max ms | faulty share | detect | recover | every back | share back | failed after | result |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     }
 
     /// One row of the `--all` table.
@@ -615,8 +779,9 @@ impl Report {
             .map(|c| c.name.as_str())
             .collect();
         format!(
-            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3}% | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
             self.scenario,
+            self.rate,
             self.requests,
             self.success_ratio * 100.0,
             self.latency_ms.p50,
@@ -625,6 +790,10 @@ impl Report {
             faulty,
             fmt(self.detect_s),
             fmt(self.recover_s),
+            fmt(self.every_back_s),
+            fmt(self.share_back_s),
+            self.failed_after_recover
+                .map_or("-".to_string(), |n| n.to_string()),
             if self.pass {
                 "pass".to_string()
             } else if failed.is_empty() {
@@ -732,6 +901,7 @@ mod tests {
                 latency: Duration::from_millis(3),
                 status: 200,
                 error: None,
+                backend: Some(0),
             })
             .collect();
         let mut run = Run {

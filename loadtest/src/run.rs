@@ -64,6 +64,8 @@ pub struct Record {
     pub status: u16,
     /// Why there was no answer: `timeout`, `connect` or `broken`.
     pub error: Option<&'static str>,
+    /// The backend that answered (`x-backend: b2` is 2); None for fulcrum's own answers.
+    pub backend: Option<u8>,
 }
 
 impl Record {
@@ -260,6 +262,11 @@ pub fn fulcrum_config(s: &Scenario, backends: &[SocketAddr]) -> Result<String, R
     let mut log = table(&mut root, "log")?;
     log.entry("access").or_insert(false.into());
     root.insert("log".into(), log.into());
+    if !s.fulcrum.runtime.is_empty() {
+        let mut runtime = table(&mut root, "runtime")?;
+        merge(&mut runtime, &s.fulcrum.runtime);
+        root.insert("runtime".into(), runtime.into());
+    }
     let mut upstream = match root.remove("upstreams") {
         Some(toml::Value::Array(a)) => match a.into_iter().next() {
             Some(toml::Value::Table(t)) => t,
@@ -552,8 +559,9 @@ async fn apply_timeline(s: Scenario, backends: Vec<Arc<Backend>>, start: Instant
 /// Sends the load on its timetable; returns every request in schedule order.
 async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) -> Vec<Record> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let n = (f64::from(s.load.rate) * s.load.duration.as_secs_f64()).round() as u64;
-    let period = Duration::from_secs_f64(1.0 / f64::from(s.load.rate));
+    let rate = f64::from(s.rate());
+    let n = (rate * s.load.duration.as_secs_f64()).round() as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
     let method = Method::from_bytes(s.load.method.as_bytes()).unwrap_or(Method::GET);
     let body = Bytes::from(vec![b'x'; s.load.body_bytes]);
     let uri = format!("http://{proxy}{}", s.load.path);
@@ -588,9 +596,9 @@ async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) 
         let (client, timeout, done, ok) =
             (client.clone(), s.load.timeout, done.clone(), ok.clone());
         tasks.push(tokio::spawn(async move {
-            let (status, error) = match req {
+            let (status, error, backend) = match req {
                 Ok(req) => one(&client, req, timeout).await,
-                Err(_) => (0, Some("broken")),
+                Err(_) => (0, Some("broken"), None),
             };
             done.fetch_add(1, Ordering::Relaxed);
             if (200..300).contains(&status) {
@@ -601,6 +609,7 @@ async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) 
                 latency: at.elapsed(),
                 status,
                 error,
+                backend,
             }
         }));
     }
@@ -616,12 +625,12 @@ async fn drive(s: &Scenario, proxy: SocketAddr, start: Instant, progress: bool) 
     out
 }
 
-/// One request: its status, or why there is none.
+/// One request: its status and the backend that answered, or why there is no answer.
 async fn one(
     client: &HttpClient,
     req: Request<Full<Bytes>>,
     timeout: Duration,
-) -> (u16, Option<&'static str>) {
+) -> (u16, Option<&'static str>, Option<u8>) {
     let answer =
         tokio::time::timeout(timeout, async {
             let resp = client.request(req).await.map_err(|e| {
@@ -632,15 +641,21 @@ async fn one(
                 }
             })?;
             let status = resp.status().as_u16();
+            let backend = backend_index(resp.headers().get("x-backend"));
             resp.into_body().collect().await.map_err(|_| "broken")?;
-            Ok::<u16, &'static str>(status)
+            Ok::<(u16, Option<u8>), &'static str>((status, backend))
         })
         .await;
     match answer {
-        Ok(Ok(status)) => (status, None),
-        Ok(Err(e)) => (0, Some(e)),
-        Err(_) => (0, Some("timeout")),
+        Ok(Ok((status, backend))) => (status, None, backend),
+        Ok(Err(e)) => (0, Some(e), None),
+        Err(_) => (0, Some("timeout"), None),
     }
+}
+
+/// The index of the backend an `x-backend` header names (`b2` is 2).
+fn backend_index(h: Option<&http::HeaderValue>) -> Option<u8> {
+    h?.to_str().ok()?.strip_prefix('b')?.parse().ok()
 }
 
 #[cfg(test)]
@@ -668,6 +683,25 @@ mod tests {
             up["backends"][0]["address"].as_str(),
             Some("127.0.0.1:9001")
         );
+    }
+
+    #[test]
+    fn a_scenario_s_runtime_keys_reach_fulcrum_s_runtime() {
+        let s: Scenario = toml::from_str(
+            "[load]\nrate = 1\nduration = \"1s\"\n[fulcrum.runtime]\nworker_threads = 1\n",
+        )
+        .unwrap();
+        let text = fulcrum_config(&s, &[SocketAddr::from(([127, 0, 0, 1], 9001))]).unwrap();
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["runtime"]["worker_threads"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn the_answering_backend_is_read_from_x_backend() {
+        let h = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        assert_eq!(backend_index(Some(&h("b2"))), Some(2));
+        assert_eq!(backend_index(Some(&h("web-1"))), None);
+        assert_eq!(backend_index(None), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! [fulcrum.upstream.health]
 //! interval = "500ms"
 //! [load]
-//! rate = 200                    # requests per second, on a fixed timetable
+//! rate = [200, 1500]            # requests per second, on a fixed timetable; one run per rate
 //! duration = "20s"
 //! quick_duration = "6s"         # --quick: the timeline is scaled to this
 //! [[timeline]]
@@ -81,12 +81,16 @@ impl Default for Backends {
 
 /// `[fulcrum]`: the config fulcrum runs with. The runner sets the listeners (loopback, ephemeral
 /// ports), the backends, and `log.access = false` unless the base config says otherwise.
+/// Scenarios run fulcrum on its defaults: a scenario sets a key only when it is about that key,
+/// and its description says so.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FulcrumSetup {
     /// A fulcrum config file to start from, relative to the scenario file. Default: fulcrum's
     /// defaults.
     pub config: Option<PathBuf>,
+    /// Keys merged into fulcrum's `[runtime]` (`worker_threads`).
+    pub runtime: toml::Table,
     /// Keys merged into the first upstream (tables merge key by key).
     pub upstream: toml::Table,
 }
@@ -95,8 +99,10 @@ pub struct FulcrumSetup {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Load {
-    /// Requests per second.
-    pub rate: u32,
+    /// Requests per second: one rate, or several (`[200, 1500]`), each a run of its own with the
+    /// same timeline and expectations ([`Scenario::runs`]).
+    #[serde(deserialize_with = "rates")]
+    pub rate: Vec<u32>,
     /// How long.
     #[serde(deserialize_with = "duration")]
     pub duration: Duration,
@@ -178,6 +184,21 @@ pub struct Expect {
     /// (for `all`: to the first 2xx answer).
     #[serde(deserialize_with = "opt_duration")]
     pub max_recover: Option<Duration>,
+    /// The longest time from the last recovery event until every backend it brought back has
+    /// had a try again (after `all`: the last of them).
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_every_back: Option<Duration>,
+    /// The most requests that may fail among those sent after the last recovery event, counted
+    /// in time of load (failures ÷ rate): `"330ms"` is 500 requests at 1,500/s and 66 at 200/s,
+    /// so one bound holds at every rate.
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_failed_after_recover: Option<Duration>,
+    /// A share of tries the recovered backend must get back (after `all`: each of them), over a
+    /// sliding one-second window, within `max_share_back` of the last recovery event.
+    pub share_back: Option<f64>,
+    /// How long after the last recovery event `share_back` must be reached.
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_share_back: Option<Duration>,
     /// The least share of tries the recovered (or faulty) backend gets over the run's last
     /// `final_window`: its fair share back.
     pub min_final_share: Option<f64>,
@@ -187,6 +208,13 @@ pub struct Expect {
     /// The highest p99 latency of all requests.
     #[serde(deserialize_with = "opt_duration")]
     pub max_p99: Option<Duration>,
+    /// The most the p99 latency of all requests may exceed the p99 of the requests the other
+    /// backends answered: what the faulty backend adds to the tail.
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_p99_excess: Option<Duration>,
+    /// The least share of tries every bystander (a backend the timeline never faults) gets in
+    /// every whole second of the run: no healthy backend is starved while another is sick.
+    pub min_bystander_share: Option<f64>,
     /// The highest p99 latency of the requests that failed: failures must be fast.
     #[serde(deserialize_with = "opt_duration")]
     pub max_failure_p99: Option<Duration>,
@@ -206,9 +234,15 @@ impl Default for Expect {
             share_until: ShareUntil::FaultEnd,
             max_detect: None,
             max_recover: None,
+            max_every_back: None,
+            max_failed_after_recover: None,
+            share_back: None,
+            max_share_back: None,
             min_final_share: None,
             final_window: Duration::from_secs(2),
             max_p99: None,
+            max_p99_excess: None,
+            min_bystander_share: None,
             max_failure_p99: None,
             max_duplicates: None,
             max_rss_mib: None,
@@ -284,8 +318,8 @@ impl Scenario {
         if self.backends.capacity == Some(0) {
             return Err("backends.capacity: must be at least 1".into());
         }
-        if self.load.rate == 0 {
-            return Err("load.rate: must be at least 1".into());
+        if self.load.rate.is_empty() || self.load.rate.contains(&0) {
+            return Err("load.rate: one or more rates, each at least 1".into());
         }
         if self.load.duration.is_zero() {
             return Err("load.duration: must be longer than 0".into());
@@ -325,12 +359,55 @@ impl Scenario {
             ("expect.min_success", self.expect.min_success),
             ("expect.max_share", self.expect.max_share),
             ("expect.min_final_share", self.expect.min_final_share),
+            ("expect.share_back", self.expect.share_back),
+            (
+                "expect.min_bystander_share",
+                self.expect.min_bystander_share,
+            ),
         ] {
             if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return Err(format!("{key}: must be in [0, 1]"));
             }
         }
+        if self.expect.share_back.is_some() != self.expect.max_share_back.is_some() {
+            return Err(
+                "expect.share_back: goes with expect.max_share_back, both or neither".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The requests per second of this run (the first rate, for a scenario not yet split by
+    /// [`Scenario::runs`]).
+    pub fn rate(&self) -> u32 {
+        self.load.rate.first().copied().unwrap_or(1)
+    }
+
+    /// One scenario per rate of `load.rate`; with more than one, each is named `name@rate`.
+    pub fn runs(&self) -> Vec<Scenario> {
+        let several = self.load.rate.len() > 1;
+        self.load
+            .rate
+            .iter()
+            .map(|&r| {
+                let mut s = self.clone();
+                s.load.rate = vec![r];
+                if several {
+                    s.name = format!("{}@{r}", self.name);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// The backends no timeline event touches (neither by name nor by `all`).
+    pub fn bystanders(&self) -> Vec<usize> {
+        if self.timeline.iter().any(|e| e.backend == "all") {
+            return Vec::new();
+        }
+        (0..self.backends.count)
+            .filter(|b| !self.timeline.iter().any(|e| e.backend == format!("b{b}")))
+            .collect()
     }
 
     /// The index of backend `name` (`b0` ...).
@@ -373,6 +450,19 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e})")))
+}
+
+fn rates<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(r) => vec![r],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -430,6 +520,41 @@ mod tests {
             let e = parse(text).expect_err(text);
             assert!(e.contains(key), "{key} not in {e}");
         }
+    }
+
+    #[test]
+    fn several_rates_are_several_runs_named_by_rate() {
+        let s = parse("[load]\nrate = [200, 1500]\nduration = \"10s\"\n").unwrap();
+        let runs: Vec<(String, u32)> = s
+            .runs()
+            .iter()
+            .map(|r| (r.name.clone(), r.rate()))
+            .collect();
+        assert_eq!(
+            runs,
+            [("@200".to_string(), 200), ("@1500".to_string(), 1500)]
+        );
+        let one = parse(LOAD).unwrap();
+        assert_eq!(one.runs().len(), 1);
+        assert_eq!(one.runs()[0].name, "");
+        let e = parse("[load]\nrate = []\nduration = \"1s\"\n").expect_err("no rate");
+        assert!(e.contains("load.rate"), "{e}");
+        let e = parse(&format!("{LOAD}[expect]\nshare_back = 0.3\n")).expect_err("half a pair");
+        assert!(e.contains("expect.share_back"), "{e}");
+    }
+
+    #[test]
+    fn bystanders_are_the_backends_no_event_touches() {
+        let s = parse(&format!(
+            "{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"b1\"\nfault = \"dead\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.bystanders(), [0, 2]);
+        let all = parse(&format!(
+            "{LOAD}[[timeline]]\nat = \"1s\"\nbackend = \"all\"\nfault = \"dead\"\n"
+        ))
+        .unwrap();
+        assert!(all.bystanders().is_empty());
     }
 
     #[test]
