@@ -10,7 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fulcrum::config::{Algorithm, CircuitBreaker, Config};
-use fulcrum::policy::balance::{for_algorithm, Candidate};
+use fulcrum::policy::balance::{for_algorithm, Candidate, Explore};
 use fulcrum::policy::breaker::Breaker;
 use fulcrum::policy::ewma::PeakEwma;
 use fulcrum::pool::{Pool, PoolArgs, PoolMsg};
@@ -43,6 +43,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
             inflight: (i % 7) as u32,
             latency: 0.001 * (1 + i % 5) as f64,
             ramping: false,
+            explore: Explore::No,
         })
         .collect()
 }

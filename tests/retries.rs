@@ -24,7 +24,9 @@ fn no_ejection() -> Tuning {
     Tuning {
         algorithm: "round_robin",
         health: "interval = \"60s\"\nunhealthy_threshold = 1000\n".into(),
-        breaker: "consecutive_failures = 1000000\nminimum_requests = 1000000\n".into(),
+        breaker: "consecutive_failures = 1000000\nconsecutive_connect_failures = 1000000\n\
+                  minimum_requests = 1000000\n"
+            .into(),
         ..Tuning::default()
     }
 }

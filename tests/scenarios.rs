@@ -1,6 +1,7 @@
 //! The fault matrix in CI: every scenario of `loadtest/scenarios/` in its quick form (a few
-//! seconds each), run by the loadtest runner against the real fulcrum binary, must meet all its
-//! expectations. `loadtest run --all` runs the same files at full length (loadtest/RESULTS.md).
+//! seconds each), at each of its rates, run by the loadtest runner against the real fulcrum
+//! binary on its default config, must meet all its expectations. `loadtest run --all` runs the
+//! same files at full length (loadtest/RESULTS.md).
 
 mod common;
 
@@ -14,10 +15,9 @@ fn folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios")
 }
 
-/// Runs scenario `name` in its quick form; panics with its report unless it passes.
+/// Runs scenario `name` in its quick form at each of its rates; panics with the report of the
+/// first run that fails.
 async fn holds(name: &str) {
-    // One at a time: each drives hundreds of requests a second on a 2-core machine.
-    let _timed = one_at_a_time().await;
     let scenario = Scenario::load(&folder().join(format!("{name}.toml")))
         .unwrap_or_else(|e| panic!("{e}"))
         .quick();
@@ -25,19 +25,24 @@ async fn holds(name: &str) {
         fulcrum: PathBuf::from(env!("CARGO_BIN_EXE_fulcrum")),
         progress: false,
     };
-    let run = run::run(&scenario, true, &opts)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    // What a failed report shows of fulcrum's state is read from the real /status: it must be
-    // there for every backend, or a failure in CI would say nothing of why.
-    assert!(
-        run.samples
-            .last()
-            .is_some_and(|s| !s.views.is_empty() && s.views.iter().all(Option::is_some)),
-        "{name}: /status gave no view of some backend"
-    );
-    let report = Report::new(&run);
-    assert!(report.pass, "{}", report.text());
+    for at_rate in scenario.runs() {
+        // One at a time: each drives up to 1,500 requests a second on a 2-core machine.
+        let _timed = one_at_a_time().await;
+        let run = run::run(&at_rate, true, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", at_rate.name));
+        // What a failed report shows of fulcrum's state is read from the real /status: it must
+        // be there for every backend, or a failure in CI would say nothing of why.
+        assert!(
+            run.samples
+                .last()
+                .is_some_and(|s| !s.views.is_empty() && s.views.iter().all(Option::is_some)),
+            "{}: /status gave no view of some backend",
+            at_rate.name
+        );
+        let report = Report::new(&run);
+        assert!(report.pass, "{}", report.text());
+    }
 }
 
 macro_rules! scenarios {
@@ -76,4 +81,8 @@ scenarios! {
     all_down => "all-down",
     overload => "overload",
     post => "post",
+    latency_step => "latency-step",
+    slow_one_worker => "slow-one-worker",
+    hang_then_dead => "hang-then-dead",
+    cycle => "cycle",
 }

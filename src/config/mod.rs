@@ -1,5 +1,6 @@
-//! The configuration file (../shared/spec/config.md): serde types with their documented defaults,
-//! loading from TOML, and validation that names the key path and the reason of every error.
+//! The configuration file (every key is in `config/fulcrum.toml`): serde types with their
+//! documented defaults, loading from TOML, and validation that names the key path and the reason
+//! of every error.
 //!
 //! Loading is two steps. [`Config::parse`] deserialises (unknown keys are an error; a TOML or type
 //! error carries its key path and line), then [`Config::validate`] checks what types cannot say

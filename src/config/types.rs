@@ -245,14 +245,16 @@ pub struct Health {
     /// Time allowed for one probe. Default `1s`.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
-    /// Consecutive passes to return a backend to rotation. Default 2.
+    /// Consecutive passes to return a backend to rotation; after the first, each successful
+    /// trial request counts as a pass too. Default 2.
     pub healthy_threshold: u32,
     /// Consecutive failures to take a backend out. Default 3.
     pub unhealthy_threshold: u32,
     /// Probe interval of an ejected backend is `backoff_base * 2^n`. Default `500ms`.
     #[serde(with = "duration_str")]
     pub backoff_base: Duration,
-    /// Cap of that interval (±20% jitter is applied). Default `30s`.
+    /// Cap of that interval (±20% jitter is applied, never above the cap): a recovered
+    /// backend is found within it. Default `750ms`.
     #[serde(with = "duration_str")]
     pub backoff_max: Duration,
 }
@@ -267,7 +269,7 @@ impl Default for Health {
             healthy_threshold: 2,
             unhealthy_threshold: 3,
             backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_millis(750),
         }
     }
 }
@@ -278,6 +280,9 @@ impl Default for Health {
 pub struct CircuitBreaker {
     /// Trip after this many failures in a row. Default 5.
     pub consecutive_failures: u32,
+    /// ...or after this many connections in a row that could not be made (refused, or timed
+    /// out): nothing takes connections there. Default 1, as nginx's `max_fails = 1`.
+    pub consecutive_connect_failures: u32,
     /// ...or when this share of requests in the window failed, in (0, 1]. Default 0.5.
     pub failure_rate: f64,
     /// ...with at least this many requests seen in the window. Default 20.
@@ -305,6 +310,7 @@ impl Default for CircuitBreaker {
     fn default() -> Self {
         CircuitBreaker {
             consecutive_failures: 5,
+            consecutive_connect_failures: 1,
             failure_rate: 0.5,
             minimum_requests: 20,
             window: Duration::from_secs(10),
@@ -324,7 +330,7 @@ pub struct Adaptive {
     /// Time constant of the peak EWMA of latency. Default `10s`.
     #[serde(with = "duration_str")]
     pub ewma_decay: Duration,
-    /// A returning backend's weight ramps from 10% to 100% over this. Default `10s`.
+    /// A returning backend's weight ramps from 10% to 100% over this. Default `1s`.
     #[serde(with = "duration_str")]
     pub slow_start: Duration,
     /// A live backend never falls below this share of its static weight, in (0, 1].
@@ -336,7 +342,7 @@ impl Default for Adaptive {
     fn default() -> Self {
         Adaptive {
             ewma_decay: Duration::from_secs(10),
-            slow_start: Duration::from_secs(10),
+            slow_start: Duration::from_secs(1),
             min_weight_ratio: 0.05,
         }
     }

@@ -202,6 +202,10 @@ fn validate_upstream(at: &str, up: &Upstream, errs: &mut Errors) {
         &format!("{cat}.consecutive_failures"),
         cb.consecutive_failures,
     );
+    errs.at_least_one(
+        &format!("{cat}.consecutive_connect_failures"),
+        cb.consecutive_connect_failures,
+    );
     errs.ratio(&format!("{cat}.failure_rate"), cb.failure_rate);
     errs.at_least_one(&format!("{cat}.minimum_requests"), cb.minimum_requests);
     errs.positive(&format!("{cat}.window"), cb.window);

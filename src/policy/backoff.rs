@@ -1,12 +1,34 @@
 //! Exponential backoff with jitter for probing a backend out of rotation: `base × 2^n` for the
-//! n-th consecutive failed probe, ±20% jitter, capped at `max`. A dead backend is not hammered,
-//! and a recovered one is found within `max` (plus jitter's share of it).
+//! n-th consecutive failed probe, ±20% jitter, never above `max`. A dead backend is not
+//! hammered, and a recovered one is found within `max`. While fewer than half of an upstream's
+//! backends serve, a backend out is probed far more often ([`out_of_rotation`]).
 
 use rand::Rng;
 use std::time::Duration;
 
 /// The share of jitter either side of the nominal delay.
 pub const JITTER: f64 = 0.2;
+
+/// How often a backend out of rotation is probed at most while its upstream is short-handed.
+pub const SHORT_HANDED: Duration = Duration::from_millis(100);
+
+/// Whether an upstream with `serving` of its `active` backends in rotation is short-handed:
+/// fewer than half of them serve (Envoy's panic threshold is also half the pool). Every backend
+/// that can serve again is needed then, and waiting out a backoff protects nothing.
+pub fn short_handed(serving: usize, active: usize) -> bool {
+    serving * 2 < active
+}
+
+/// The delay before the next probe of a backend out of rotation: `delay`, its backoff, but at
+/// most [`SHORT_HANDED`] while its upstream is short-handed. With every backend of an upstream
+/// down, the first one back then serves within about a tenth of a second.
+pub fn out_of_rotation(delay: Duration, serving: usize, active: usize) -> Duration {
+    if short_handed(serving, active) {
+        delay.min(SHORT_HANDED)
+    } else {
+        delay
+    }
+}
 
 /// Backoff state of one backend's probes.
 #[derive(Debug, Clone)]
@@ -98,6 +120,21 @@ mod tests {
             seen.insert(b.fail(&mut rng).as_micros());
         }
         assert!(seen.len() > 10);
+    }
+
+    #[test]
+    fn a_short_handed_upstream_probes_its_backends_out_at_once() {
+        let slow = Duration::from_millis(750);
+        assert!(short_handed(0, 3) && short_handed(1, 3) && short_handed(0, 1));
+        assert!(!short_handed(2, 3) && !short_handed(1, 2) && !short_handed(5, 10));
+        assert_eq!(out_of_rotation(slow, 1, 3), SHORT_HANDED);
+        assert_eq!(out_of_rotation(slow, 2, 3), slow);
+        let quick = Duration::from_millis(50);
+        assert_eq!(
+            out_of_rotation(quick, 0, 3),
+            quick,
+            "never later than its backoff"
+        );
     }
 
     #[test]

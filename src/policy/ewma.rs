@@ -1,23 +1,45 @@
-//! Peak EWMA of latency, as linkerd and tower's `PeakEwma` keep it: a sample above the estimate
-//! replaces it (a backend that got slower is believed at once); a sample below it pulls the
-//! estimate down with weight `1 - exp(-elapsed / decay)` (a backend that got faster is believed
-//! gradually). A failed request is recorded by the caller as a penalty latency, never as fast.
+//! Peak EWMA of latency, after linkerd and tower's `PeakEwma`: a sample below the estimate pulls
+//! it down with weight `1 - exp(-elapsed / decay)`; read at a later instant the estimate decays
+//! toward zero with the same time constant, so a backend that was slow once and then got no
+//! traffic becomes worth trying again.
 //!
-//! Unlike tower's, a peak must be confirmed: it replaces the estimate only when the sample before
-//! it was above the estimate too; a lone high sample is folded in like a low one. One request
-//! delayed 10× by a pause of the backend or of the machine would otherwise cost a healthy backend
-//! its traffic for `decay × ln(10)` (23 s at the default 10 s) — measured: a 24 ms sample against
-//! 2.5 ms left one of three backends with 0.5% of the traffic for the rest of a run. A backend
-//! that really got slower confirms it with its next answer, milliseconds later; a hung one shows
-//! through the age of what it holds, not through samples.
+//! Two rules make it follow a change of regime in either direction within two answers while
+//! ignoring a lone odd one, which at sub-millisecond latencies is mostly the machine's noise:
 //!
-//! Read at a later instant ([`PeakEwma::get_at`], [`decayed`]), the estimate decays toward zero
-//! with the same time constant, as tower's does: a backend that was slow once and then got no
-//! traffic becomes worth trying again, so its estimate can be refreshed instead of shunning it
-//! forever.
+//! - **A confirmed peak**: two successes in a row above the estimate replace it with the lower
+//!   of the two. A backend that got slower is believed at its second answer; one answer delayed
+//!   by a pause of the backend or of the machine is folded in like any other, and an outlier
+//!   that follows an answer just above the estimate lifts it only to that answer. (Tower
+//!   believes every higher sample at once: one 24 ms answer among 2.5 ms ones cost a healthy
+//!   backend its traffic for 20 s; replacing the estimate with the second sample of the pair
+//!   did the same whenever that one was the outlier.)
+//! - **A confirmed trough**: two successes in a row below half the estimate replace it with the
+//!   higher of the two. A backend that became fast again is believed at its second answer
+//!   instead of over `decay × ln(slow / fast)` (50 s from 30 ms to 0.3 ms at the default 10 s).
+//!
+//! A failure is recorded as a penalty ([`PeakEwma::observe_failure`]): what it took, but at
+//! least twice the estimate, so repeated failures grow the estimate exponentially and a backend
+//! that fails fast never looks fast.
 
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How far below the estimate an answer must be to count toward a trough: under `1 / TROUGH` of
+/// it. The same factor as `adaptive`'s decisive duel, so a backend whose estimate a trough
+/// lowers is one that would have lost its duels on the old estimate.
+pub const TROUGH: f64 = 2.0;
+
+/// Where the last sample stood against the estimate of its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trend {
+    /// Neither above nor far below it.
+    #[default]
+    Level,
+    /// Above it: the next answer above confirms a peak.
+    Above,
+    /// Below `1 / TROUGH` of it: the next answer as low confirms a trough.
+    FarBelow,
+}
 
 /// A peak-sensitive exponentially weighted moving average of latency.
 #[derive(Debug, Clone)]
@@ -25,18 +47,24 @@ pub struct PeakEwma {
     estimate: f64,
     stamp: Instant,
     decay: f64,
-    /// The last sample was above the estimate of its time: the next one above confirms a peak.
-    rising: bool,
+    /// No sample yet: the estimate is a presumption, which the first answer replaces.
+    presumed: bool,
+    /// The last sample, seconds, and where it stood.
+    last: f64,
+    trend: Trend,
 }
 
 impl PeakEwma {
-    /// Starts at `initial` (seconds) at `now`; `decay` is the time constant.
+    /// Presumes `initial` (seconds) at `now`, until the first answer replaces it; `decay` is
+    /// the time constant.
     pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
         PeakEwma {
             estimate: initial.as_secs_f64(),
             stamp: now,
             decay: decay.as_secs_f64().max(1e-9),
-            rising: false,
+            presumed: true,
+            last: initial.as_secs_f64(),
+            trend: Trend::Level,
         }
     }
 
@@ -45,24 +73,82 @@ impl PeakEwma {
         self.decay = decay.as_secs_f64().max(1e-9);
     }
 
-    /// Folds in one sample observed at `now`.
+    /// Folds in the latency of one successful answer observed at `now`. The first replaces the
+    /// presumed estimate: a backend's first answer says more of it than any guess, and a
+    /// presumption left to decay would keep one backend at its guess while its neighbours'
+    /// answers brought theirs down.
     pub fn observe(&mut self, sample: Duration, now: Instant) {
         let sample = sample.as_secs_f64();
+        let (current, w) = self.advance(now);
+        if std::mem::take(&mut self.presumed) {
+            self.estimate = sample;
+            self.last = sample;
+            self.trend = Trend::Level;
+            return;
+        }
+        let trend = if sample > current {
+            Trend::Above
+        } else if sample * TROUGH < current {
+            Trend::FarBelow
+        } else {
+            Trend::Level
+        };
+        // A confirmed pair is spent: the next answer is judged against the estimate it set.
+        self.trend = match (self.trend, trend) {
+            (Trend::Above, Trend::Above) => {
+                self.estimate = self.last.min(sample);
+                if sample > self.estimate {
+                    Trend::Above
+                } else {
+                    Trend::Level
+                }
+            }
+            (Trend::FarBelow, Trend::FarBelow) => {
+                self.estimate = self.last.max(sample);
+                Trend::Level
+            }
+            _ => {
+                self.estimate = current + sample * (1.0 - w);
+                trend
+            }
+        };
+        self.last = sample;
+    }
+
+    /// Folds in a failed request that took `took`, observed at `now`, as a penalty sample: at
+    /// least twice the estimate, and no more than `cap` (the response timeout) unless it really
+    /// took longer. The first failure after a success is folded in; a second in a row replaces
+    /// the estimate, so repeated failures double it.
+    pub fn observe_failure(&mut self, took: Duration, cap: Duration, now: Instant) {
+        let sample = failure_sample(took, self.estimate, cap).as_secs_f64();
+        let (current, w) = self.advance(now);
+        self.presumed = false;
+        self.estimate = if self.trend == Trend::Above && sample > current {
+            sample
+        } else {
+            current + sample * (1.0 - w)
+        };
+        self.last = sample;
+        self.trend = Trend::Above;
+    }
+
+    /// The estimate decayed to `now`, with the weight that decay left, and `now` stamped.
+    fn advance(&mut self, now: Instant) -> (f64, f64) {
         let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
         self.stamp = now;
-        let above = sample > self.estimate;
-        if above && self.rising {
-            self.estimate = sample;
-        } else {
-            let w = (-elapsed / self.decay).exp();
-            self.estimate = self.estimate * w + sample * (1.0 - w);
-        }
-        self.rising = above;
+        let w = (-elapsed / self.decay).exp();
+        (self.estimate * w, w)
     }
 
     /// The estimate in seconds as of the last sample.
     pub fn get(&self) -> f64 {
         self.estimate
+    }
+
+    /// Where the last sample stood: [`Trend::FarBelow`] is a backend that may have become fast
+    /// again, whose next answer would confirm it.
+    pub fn trend(&self) -> Trend {
+        self.trend
     }
 
     /// When the last sample was folded in.
@@ -102,19 +188,43 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// A first answer, as the tests below start from: the estimate is then a measured one.
+    fn measured(estimate: Duration, t0: Instant) -> PeakEwma {
+        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        e.observe(estimate, t0);
+        e
+    }
+
     #[test]
-    fn a_confirmed_peak_replaces_the_estimate() {
+    fn the_first_answer_replaces_the_presumed_estimate() {
         let t0 = Instant::now();
         let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
-        e.observe(ms(400), t0 + ms(1));
-        e.observe(ms(500), t0 + ms(2));
-        assert!((e.get() - 0.5).abs() < 1e-9, "{}", e.get());
+        e.observe(us(300), t0 + ms(1));
+        assert!((e.get() - 0.0003).abs() < 1e-12, "{}", e.get());
+        assert_eq!(e.trend(), Trend::Level);
+        // A first failure is a penalty on the presumption.
+        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        e.observe_failure(ms(1), Duration::from_secs(15), t0 + ms(1));
+        assert!(e.get() > 0.010, "{}", e.get());
+    }
+
+    #[test]
+    fn a_confirmed_peak_replaces_the_estimate_with_the_lower_of_the_pair() {
+        let t0 = Instant::now();
+        let mut e = measured(ms(10), t0);
+        e.observe(ms(500), t0 + ms(1));
+        e.observe(ms(400), t0 + ms(2));
+        assert!((e.get() - 0.4).abs() < 1e-9, "{}", e.get());
     }
 
     #[test]
     fn a_lone_high_sample_is_folded_in_not_believed() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        let mut e = measured(ms(10), t0);
         // 15 ms after the last sample, a 24 ms outlier moves a 10 s average by a hair...
         e.observe(ms(24), t0 + ms(15));
         assert!(e.get() < 0.0101, "{}", e.get());
@@ -125,6 +235,44 @@ mod tests {
         // Two in a row are a backend that got slower.
         e.observe(ms(200), t0 + ms(60));
         assert!((e.get() - 0.2).abs() < 1e-9, "{}", e.get());
+    }
+
+    #[test]
+    fn an_outlier_after_an_answer_just_above_lifts_the_estimate_only_to_that_answer() {
+        // Sub-millisecond answers: half of them are above the estimate, so a pause of the
+        // machine often lands right after one. The pair is believed at its lower answer.
+        let t0 = Instant::now();
+        let mut e = measured(us(400), t0);
+        e.observe(us(450), t0 + ms(1));
+        e.observe(us(4300), t0 + ms(2));
+        assert!((e.get() - 0.00045).abs() < 1e-9, "{}", e.get());
+    }
+
+    #[test]
+    fn a_confirmed_trough_brings_a_backend_that_became_fast_back_at_its_second_answer() {
+        let t0 = Instant::now();
+        let mut e = measured(ms(30), t0);
+        // A second without answers, then a fast one: folded in, and remembered as far below.
+        e.observe(us(300), t0 + Duration::from_secs(1));
+        assert!(e.get() > 0.02, "one answer is not believed: {}", e.get());
+        assert_eq!(e.trend(), Trend::FarBelow);
+        e.observe(us(350), t0 + Duration::from_secs(1) + ms(20));
+        assert!((e.get() - 0.00035).abs() < 1e-9, "{}", e.get());
+        assert_eq!(e.trend(), Trend::Level, "the pair is spent");
+        // An answer that is merely lower moves the average, as before.
+        e.observe(us(250), t0 + Duration::from_secs(1) + ms(21));
+        assert_eq!(e.trend(), Trend::Level);
+        assert!(e.get() > 0.00034, "{}", e.get());
+    }
+
+    #[test]
+    fn a_fast_answer_between_slow_ones_is_no_trough() {
+        let t0 = Instant::now();
+        let mut e = measured(ms(30), t0);
+        e.observe(us(300), t0 + ms(10));
+        e.observe(ms(30), t0 + ms(20));
+        e.observe(us(300), t0 + ms(30));
+        assert!(e.get() > 0.029, "{}", e.get());
     }
 
     #[test]
@@ -140,14 +288,24 @@ mod tests {
             failure_sample(Duration::from_secs(16), 10.0, cap),
             Duration::from_secs(16)
         );
-        // Fed back, repeated failures grow the estimate exponentially from the second on (the
-        // first is a lone peak; 1 ms later it has barely moved the estimate).
+        // Repeated failures grow the estimate exponentially from the second on (the first is
+        // folded in; 1 ms later it has barely moved the estimate).
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(ms(10), Duration::from_secs(10), t0);
+        let mut e = measured(ms(10), t0);
         for i in 1..=5 {
-            e.observe(failure_sample(ms(1), e.get(), cap), t0 + ms(i));
+            e.observe_failure(ms(1), cap, t0 + ms(i));
         }
         assert!((e.get() - 0.16).abs() < 1e-4, "{}", e.get());
+    }
+
+    #[test]
+    fn a_failure_after_a_slow_answer_confirms_a_peak_at_the_penalty() {
+        let cap = Duration::from_secs(15);
+        let t0 = Instant::now();
+        let mut e = measured(ms(10), t0);
+        e.observe(ms(12), t0 + ms(1));
+        e.observe_failure(ms(1), cap, t0 + ms(2));
+        assert!((e.get() - 0.02).abs() < 1e-4, "{}", e.get());
     }
 
     #[test]
@@ -163,7 +321,7 @@ mod tests {
     #[test]
     fn lower_samples_decay_with_the_time_constant() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(ms(100), Duration::from_secs(10), t0);
+        let mut e = measured(ms(100), t0);
         // One time constant later, a sample of 0 leaves e^-1 of the estimate.
         e.observe(Duration::ZERO, t0 + Duration::from_secs(10));
         assert!(
@@ -171,9 +329,9 @@ mod tests {
             "{}",
             e.get()
         );
-        // A sample right after barely moves it.
+        // A sample right after, neither above nor far below, barely moves it.
         let before = e.get();
-        e.observe(Duration::ZERO, t0 + Duration::from_secs(10) + ms(1));
-        assert!(e.get() > before * 0.999);
+        e.observe(ms(30), t0 + Duration::from_secs(10) + ms(1));
+        assert!(e.get() > before * 0.999 && e.get() < before, "{}", e.get());
     }
 }

@@ -33,6 +33,11 @@ impl RiseFall {
         self.healthy
     }
 
+    /// Out of rotation, with passes counted toward the rise: the last result passed.
+    pub fn rising(&self) -> bool {
+        !self.healthy && self.streak > 0
+    }
+
     /// Sets the state outright (a restarted actor resumes what the probes had found).
     pub fn force(&mut self, healthy: bool) {
         self.healthy = healthy;
@@ -69,9 +74,12 @@ mod tests {
         assert_eq!(rf.record(false), None);
         assert_eq!(rf.record(false), Some(false));
         assert!(!rf.healthy());
+        assert!(!rf.rising());
         assert_eq!(rf.record(true), None);
+        assert!(rf.rising(), "one pass of two");
         assert_eq!(rf.record(true), Some(true));
         assert!(rf.healthy());
+        assert!(!rf.rising());
     }
 
     #[test]
@@ -80,6 +88,7 @@ mod tests {
         rf.record(false);
         rf.record(false);
         assert_eq!(rf.record(true), None);
+        assert!(!rf.rising(), "a healthy backend is not rising");
         assert_eq!(rf.record(false), None);
         assert_eq!(rf.record(false), None);
         assert!(rf.healthy());

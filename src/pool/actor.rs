@@ -20,7 +20,10 @@
 //! Probes: every `health.interval` for a backend whose last probe passed and is in rotation;
 //! after a failed probe, `backoff_base × 2^n` (±20% jitter, capped at `backoff_max`) for the
 //! n-th failure in a row — quick to confirm a fall, gentle on a backend that stays down; after a
-//! pass of a backend still out, `backoff_base`, to confirm its rise quickly.
+//! pass of a backend still out, `backoff_base`, to confirm its rise quickly (its trial requests,
+//! when there is traffic, confirm it sooner). While the upstream is short-handed (fewer than
+//! half its backends in rotation), a backend out is probed every 100 ms at most
+//! ([`crate::policy::backoff::out_of_rotation`]).
 
 use super::backend::{BackendActor, BackendArgs, BackendMsg, BackendView};
 use super::change::{AdminState, Applied, ChangeError};
@@ -30,7 +33,7 @@ use super::picks::{PickAnswer, Picks, PoolStart, Shards};
 use super::probe;
 use super::shard::{ShardMsg, Table};
 use crate::config::{BackendConfig, Upstream};
-use crate::policy::backoff::Backoff;
+use crate::policy::backoff::{self, Backoff};
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::CircuitState;
 use crate::policy::budget::RetryBudget;
@@ -606,12 +609,18 @@ impl PoolState {
             (_, CircuitState::HalfOpen) => slot.pick.shared.reset_trials(),
             (_, CircuitState::Closed) => slot.pick.opened_at = None,
         }
+        // Rising again: its trials start over (unless its breaker turned half-open with it, which
+        // started them over already).
+        if view.rising && !old.rising && before == view.circuit {
+            self.slots[i].pick.shared.reset_trials();
+        }
         // A change of rotation goes to the shards at once; a new estimate (latency, success
         // rate), which comes with nearly every batch of outcomes, within `SHARE_PERIOD`, with
         // the others of that time: a message per estimate woke every worker thousands of
         // times a second.
         let rotation = std::mem::discriminant(&before) != std::mem::discriminant(&view.circuit)
             || old.healthy != view.healthy
+            || old.rising != view.rising
             || old.slow_start_since != view.slow_start_since;
         if rotation {
             self.share(i);
@@ -706,7 +715,7 @@ impl PoolState {
             None => self.budget.deposit(now),
             Some(reason) => {
                 if !self.budget.try_withdraw(now) {
-                    if slot.view.circuit == CircuitState::HalfOpen {
+                    if slot.view.on_trial() {
                         slot.shared.return_trial();
                     }
                     self.budget_exhausted += 1;
@@ -754,7 +763,25 @@ impl PoolState {
             }
             delay
         };
+        let delay = if self.slots[i].pick.view.healthy {
+            delay
+        } else {
+            let (serving, active) = self.serving(Instant::now());
+            backoff::out_of_rotation(delay, serving, active)
+        };
         self.schedule_probe(myself, i, delay);
+    }
+
+    /// How many of the active backends serve (in rotation, their probes passing), and how many
+    /// are active.
+    fn serving(&self, now: Instant) -> (usize, usize) {
+        let rules = self.rules();
+        let ejected = rules.ejected(now);
+        let active = self.slots.iter().filter(|s| s.pick.active()).count();
+        let serving = (0..self.slots.len())
+            .filter(|&i| self.slots[i].pick.view.healthy && rules.in_rotation(i, &ejected))
+            .count();
+        (serving, active)
     }
 
     fn schedule_probe(&mut self, myself: &ActorRef<PoolMsg>, i: usize, delay: Duration) {

@@ -10,7 +10,7 @@ use super::batch::Outcomes;
 use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
-use crate::policy::ewma::{decayed, failure_sample, PeakEwma};
+use crate::policy::ewma::{decayed, PeakEwma, Trend};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
@@ -68,11 +68,30 @@ pub enum BackendMsg {
     Rejoin { pool_mean: Duration },
 }
 
+/// What a backend's last outcome says about measuring it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recent {
+    /// Nothing yet: its estimate is a presumption (the pool's mean), which must not cost it
+    /// its first requests, so it is asked at once.
+    #[default]
+    Unmeasured,
+    /// It answered.
+    Answered,
+    /// It answered far faster than its estimate: one more such answer confirms it became fast
+    /// again ([`crate::policy::ewma`]'s trough), so it is worth asking again at once.
+    Faster,
+    /// It failed: its breaker's trials and the probes, not exploring picks, bring it back.
+    Failed,
+}
+
 /// What the pool knows of a backend: everything a pick and /status need.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackendView {
     /// In rotation by the active probes.
     pub healthy: bool,
+    /// Out by the probes, but the last one passed: it takes trial requests, and each that
+    /// succeeds counts as a passing probe toward its return.
+    pub rising: bool,
     /// The breaker's state.
     pub circuit: CircuitState,
     /// Consecutive trips without a clean close.
@@ -90,6 +109,8 @@ pub struct BackendView {
     pub success_rate: f64,
     /// When the slow-start ramp in progress began.
     pub slow_start_since: Option<Instant>,
+    /// What its last outcome said.
+    pub recent: Recent,
 }
 
 impl BackendView {
@@ -97,6 +118,7 @@ impl BackendView {
     pub(crate) fn fresh(healthy: bool, latency: Duration, decay: Duration, now: Instant) -> Self {
         BackendView {
             healthy,
+            rising: false,
             circuit: CircuitState::Closed,
             trips: 0,
             open_period: Duration::ZERO,
@@ -105,7 +127,14 @@ impl BackendView {
             latency_decay: decay.as_secs_f64(),
             success_rate: 1.0,
             slow_start_since: None,
+            recent: Recent::Unmeasured,
         }
+    }
+
+    /// Whether it takes only trial requests: its breaker is half-open, or the probes found it
+    /// back once and its answers must confirm it.
+    pub fn on_trial(&self) -> bool {
+        self.circuit == CircuitState::HalfOpen || (self.rising && !self.healthy)
     }
 
     /// The latency estimate read at `now`.
@@ -155,6 +184,7 @@ pub struct BackendState {
     probes: RiseFall,
     slow_start: SlowStart,
     pool_mean: Duration,
+    recent: Recent,
     reported: BackendView,
 }
 
@@ -191,6 +221,7 @@ impl Actor for BackendActor {
             slow_start,
             probes,
             pool_mean: args.initial_latency,
+            recent: Recent::Unmeasured,
             id: args.id,
             authority: args.authority,
             pool: args.pool,
@@ -228,7 +259,7 @@ impl Actor for BackendActor {
             }
             BackendMsg::Probe { pass, pool_mean } => {
                 state.pool_mean = pool_mean;
-                state.fold_probe(pass)
+                state.fold_probe(pass, now)
             }
             BackendMsg::Tick => state.breaker.poll(now),
             BackendMsg::Retune(upstream) => {
@@ -261,17 +292,33 @@ impl BackendState {
 
     fn fold_outcome(&mut self, o: Outcome, now: Instant) -> Option<CircuitState> {
         let failed = o.kind.is_failure();
-        let sample = if failed {
-            failure_sample(o.latency, self.ewma.get(), self.upstream.timeouts.response)
+        if failed {
+            self.ewma
+                .observe_failure(o.latency, self.upstream.timeouts.response, now);
         } else {
-            o.latency
-        };
-        self.ewma.observe(sample, now);
+            self.ewma.observe(o.latency, now);
+        }
         self.success.observe(!failed, now);
-        self.breaker.record(failed, now)
+        self.recent = if failed {
+            Recent::Failed
+        } else if self.ewma.trend() == Trend::FarBelow {
+            Recent::Faster
+        } else {
+            Recent::Answered
+        };
+        // A trial request of a backend the probes are bringing back is a probe of the real
+        // thing: its success counts toward the rise, its failure starts the rise over.
+        if self.probes.rising() && self.probes.record(!failed) == Some(true) {
+            tracing::info!(upstream = %self.upstream.name, backend = %self.authority, "probes and trial requests passed: back in rotation");
+        }
+        if o.kind == OutcomeKind::Connect {
+            self.breaker.record_unreachable(now)
+        } else {
+            self.breaker.record(failed, now)
+        }
     }
 
-    fn fold_probe(&mut self, pass: bool) -> Option<CircuitState> {
+    fn fold_probe(&mut self, pass: bool, now: Instant) -> Option<CircuitState> {
         match self.probes.record(pass) {
             Some(true) => {
                 tracing::info!(upstream = %self.upstream.name, backend = %self.authority, "active probes passed: back in rotation");
@@ -280,8 +327,12 @@ impl BackendState {
             }
             Some(false) => {
                 tracing::info!(upstream = %self.upstream.name, backend = %self.authority, "active probes failed: out of rotation");
-                None
+                // Out is out, whoever noticed: the breaker keeps the count of its outages.
+                self.breaker.probes_failed(now)
             }
+            // The first pass of a backend out: it takes trial requests from now, which its
+            // breaker counts as its half-open trials.
+            None if pass && self.probes.rising() => self.breaker.probes_recovered(),
             None => None,
         }
     }
@@ -303,6 +354,7 @@ impl BackendState {
     /// Back in rotation: estimates start over from the pool's mean, and the weight ramps up.
     fn rejoin(&mut self, now: Instant) {
         self.ewma = PeakEwma::new(self.pool_mean, self.upstream.adaptive.ewma_decay, now);
+        self.recent = Recent::Unmeasured;
         self.success.reset(now);
         self.slow_start.begin(now);
     }
@@ -338,6 +390,7 @@ impl BackendState {
     fn view(&self) -> BackendView {
         BackendView {
             healthy: self.probes.healthy(),
+            rising: self.probes.rising(),
             circuit: self.breaker.state(),
             trips: self.breaker.trips(),
             open_period: self.breaker.last_open_period(),
@@ -346,6 +399,7 @@ impl BackendState {
             latency_decay: self.upstream.adaptive.ewma_decay.as_secs_f64(),
             success_rate: self.success.get(),
             slow_start_since: self.slow_start.since(),
+            recent: self.recent,
         }
     }
 
@@ -357,6 +411,8 @@ impl BackendState {
         let r = &self.reported;
         let moved = |a: f64, b: f64| (a - b).abs() > REPORT_THRESHOLD * b.abs().max(1e-6);
         let changed = view.healthy != r.healthy
+            || view.rising != r.rising
+            || view.recent != r.recent
             || view.circuit != r.circuit
             || view.trips != r.trips
             || view.slow_start_since != r.slow_start_since
@@ -430,6 +486,130 @@ mod tests {
                 return view.circuit;
             }
         }
+    }
+
+    /// A backend actor over `upstream()`, reporting to a listener; out by its probes when
+    /// `healthy` is false.
+    async fn backend_actor(
+        healthy: bool,
+    ) -> (
+        ActorRef<BackendMsg>,
+        Arc<Outcomes>,
+        mpsc::UnboundedReceiver<BackendView>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let outcomes = Arc::new(Outcomes::default());
+        let args = BackendArgs {
+            id: 0,
+            upstream: upstream(),
+            authority: Arc::from("127.0.0.1:1"),
+            pool,
+            metrics: metrics.backend("web", "127.0.0.1:1", 1),
+            outcomes: outcomes.clone(),
+            initial_latency: Duration::from_millis(10),
+            healthy,
+            ramp: false,
+        };
+        let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
+        (backend, outcomes, rx)
+    }
+
+    fn push(backend: &ActorRef<BackendMsg>, outcomes: &Outcomes, kind: OutcomeKind) {
+        push_took(backend, outcomes, kind, Duration::from_micros(300));
+    }
+
+    fn push_took(
+        backend: &ActorRef<BackendMsg>,
+        outcomes: &Outcomes,
+        kind: OutcomeKind,
+        latency: Duration,
+    ) {
+        let o = Outcome { kind, latency };
+        if outcomes.push(o, true) == Nudge::Now {
+            backend.cast(BackendMsg::Outcomes).unwrap();
+        }
+    }
+
+    /// The next reported view that `want` accepts.
+    async fn next_view(
+        rx: &mut mpsc::UnboundedReceiver<BackendView>,
+        want: impl Fn(&BackendView) -> bool,
+    ) -> BackendView {
+        loop {
+            let view = rx.recv().await.expect("the actor reports");
+            if want(&view) {
+                return view;
+            }
+        }
+    }
+
+    /// Out by its probes, one passing probe makes it rising; one trial request that succeeds
+    /// is the second pass of `healthy_threshold = 2`: back in rotation, its ramp begun.
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_trial_request_completes_the_rise() {
+        let (backend, outcomes, mut rx) = backend_actor(false).await;
+        let pool_mean = Duration::from_millis(1);
+        backend
+            .cast(BackendMsg::Probe {
+                pass: true,
+                pool_mean,
+            })
+            .unwrap();
+        let view = next_view(&mut rx, |v| v.rising).await;
+        assert!(!view.healthy && view.on_trial(), "{view:?}");
+        push(&backend, &outcomes, OutcomeKind::Success);
+        let view = next_view(&mut rx, |v| v.healthy).await;
+        assert!(!view.rising && !view.on_trial(), "{view:?}");
+        assert!(view.slow_start_since.is_some(), "it ramps up: {view:?}");
+        assert_eq!(
+            view.latency, 0.001,
+            "its estimate restarts at the pool's mean"
+        );
+        backend.stop(None);
+    }
+
+    /// A trial request that fails starts the rise over: out again until a probe passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_trial_request_starts_the_rise_over() {
+        let (backend, outcomes, mut rx) = backend_actor(false).await;
+        let pool_mean = Duration::from_millis(1);
+        backend
+            .cast(BackendMsg::Probe {
+                pass: true,
+                pool_mean,
+            })
+            .unwrap();
+        next_view(&mut rx, |v| v.rising).await;
+        push(&backend, &outcomes, OutcomeKind::Connect);
+        let view = next_view(&mut rx, |v| !v.rising).await;
+        assert!(!view.healthy && view.recent == Recent::Failed, "{view:?}");
+        backend.stop(None);
+    }
+
+    /// Unmeasured until its first answer, which sets its estimate; an answer far below the
+    /// estimate is news: the view says so, for the pick to ask again.
+    #[tokio::test(start_paused = true)]
+    async fn a_far_faster_answer_is_reported_as_such() {
+        let (backend, outcomes, mut rx) = backend_actor(true).await;
+        let ms5 = Duration::from_millis(5);
+        push_took(&backend, &outcomes, OutcomeKind::Success, ms5);
+        let view = next_view(&mut rx, |v| v.recent == Recent::Answered).await;
+        assert!(
+            (view.latency - 0.005).abs() < 1e-9,
+            "the first answer: {view:?}"
+        );
+        push(&backend, &outcomes, OutcomeKind::Success);
+        let view = next_view(&mut rx, |v| v.recent == Recent::Faster).await;
+        assert!(
+            view.latency > 0.004,
+            "one answer is not believed yet: {view:?}"
+        );
+        push(&backend, &outcomes, OutcomeKind::Success);
+        let view = next_view(&mut rx, |v| v.recent == Recent::Answered).await;
+        assert!(view.latency < 0.001, "the second confirms it: {view:?}");
+        backend.stop(None);
     }
 
     /// No request arrives after the trip: the actor's own timer turns the breaker half-open.

@@ -4,19 +4,20 @@
 //! its own algorithm state.
 //!
 //! What a pick may choose: a backend whose actor runs and whose probes pass; not one whose
-//! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one whose
-//! breaker is half-open only for its `half_open_requests` trial requests, which go to it ahead of
-//! the algorithm. `adaptive` and `p2c_ewma` see dynamic weights ([`crate::policy::weight`]),
-//! effective latencies, and which backends are ramping (a ramping one never wins a duel by
-//! looking cheaper: see [`crate::policy::balance::p2c`]); the other algorithms see static
-//! weights scaled by slow start.
+//! breaker is open, unless the ejection cap keeps it in ([`crate::policy::ejection`]); one on
+//! trial (its breaker half-open, or out by the probes but passing again) only for its
+//! `half_open_requests` trial requests, which go to it ahead of the algorithm. `adaptive` and
+//! `p2c_ewma` see dynamic weights ([`crate::policy::weight`]), effective latencies, which
+//! backends are ramping (a ramping one never wins a duel by looking cheaper: see
+//! [`crate::policy::balance::p2c`]) and which may be measured again ([`Explore`]); the other
+//! algorithms see static weights scaled by slow start.
 
 use super::actor::NoBackend;
-use super::backend::{BackendMsg, BackendView};
+use super::backend::{BackendMsg, BackendView, Recent};
 use super::change::AdminState;
 use super::lease::{BackendShared, Lease};
 use crate::config::{Algorithm, Upstream};
-use crate::policy::balance::{self, BackendId, Balancer, Candidate};
+use crate::policy::balance::{self, BackendId, Balancer, Candidate, Explore};
 use crate::policy::breaker::CircuitState;
 use crate::policy::ejection;
 use crate::policy::slow_start;
@@ -72,8 +73,10 @@ impl<'a, S: AsRef<PickSlot>> Rules<'a, S> {
     }
 
     /// Indices of the backends the breaker keeps out now: open, and within the ejection cap.
+    /// One the probes keep out is out regardless, and takes no place under the cap.
     pub(crate) fn ejected(&self, now: Instant) -> Vec<usize> {
-        let open = |s: &PickSlot| matches!(s.view.circuit, CircuitState::Open { .. });
+        let open =
+            |s: &PickSlot| s.view.healthy && matches!(s.view.circuit, CircuitState::Open { .. });
         if !self.slots.iter().any(|s| open(s.as_ref())) {
             return Vec::new();
         }
@@ -90,23 +93,42 @@ impl<'a, S: AsRef<PickSlot>> Rules<'a, S> {
         ejection::ejected(opened, cap)
     }
 
-    /// Whether slot `i` is in rotation: its actor runs, its probes pass, and its breaker has not
-    /// ejected it. (A half-open one is, for its trial requests: see [`Self::admits`].)
+    /// Whether slot `i` is in rotation: its actor runs, and either its probes pass and its
+    /// breaker has not ejected it, or it is rising (out by the probes, the last one passed) and
+    /// its breaker is not open. (One on trial is, for its trial requests: see
+    /// [`Self::admits`].)
     pub(crate) fn in_rotation(&self, i: usize, ejected: &[usize]) -> bool {
         let s = self.slot(i);
+        let open = matches!(s.view.circuit, CircuitState::Open { .. });
         s.active()
             && s.actor.is_some()
-            && s.view.healthy
-            && !(matches!(s.view.circuit, CircuitState::Open { .. }) && ejected.contains(&i))
+            && if s.view.healthy {
+                !(open && ejected.contains(&i))
+            } else {
+                s.view.rising && !open
+            }
     }
 
-    /// Whether slot `i` may take one more request now: in rotation, and, if half-open, with
+    /// Whether slot `i` may take one more request now: in rotation, and, if on trial, with
     /// trial requests left.
     fn admits(&self, i: usize, ejected: &[usize]) -> bool {
         let s = self.slot(i);
         self.in_rotation(i, ejected)
-            && (s.view.circuit != CircuitState::HalfOpen
+            && (!s.view.on_trial()
                 || s.shared.trials() < self.upstream.circuit_breaker.half_open_requests)
+    }
+
+    /// Whether the p2c algorithms may send slot `i` a request to measure it again at `now`.
+    fn explore(&self, i: usize, now: Instant) -> Explore {
+        let s = self.slot(i);
+        if s.shared.inflight() > 0 {
+            return Explore::No;
+        }
+        match s.view.recent {
+            Recent::Failed => Explore::No,
+            Recent::Unmeasured | Recent::Faster => Explore::Now,
+            Recent::Answered => Explore::Idle(s.shared.unanswered_for(now).as_secs_f64()),
+        }
     }
 
     /// Slot `i`'s latency as the weights see it at `now`: its estimate, or how long it has
@@ -240,6 +262,11 @@ impl Chooser {
                 inflight: s.shared.inflight(),
                 latency,
                 ramping: false,
+                explore: if latencies {
+                    rules.explore(i, now)
+                } else {
+                    Explore::No
+                },
             });
             slots.push(i);
         }
@@ -248,16 +275,16 @@ impl Chooser {
             c.weight = rules.weight(i, c.latency, best, ramp);
             c.ramping = ramp < 1.0;
         }
-        // A half-open backend's few trial requests go to it first: judged by the estimates that
+        // A backend on trial gets its few trial requests first: judged by the estimates that
         // tripped its breaker (a failure costs a penalty latency), the balancer would starve
-        // the trials and leave it half-open, out of traffic, long after it recovered. Another
-        // picker may have taken the last trial since the count was read: then it is left out.
+        // the trials and leave it out of traffic long after it recovered. Another picker may
+        // have taken the last trial since the count was read: then it is left out.
         let trials = rules.upstream.circuit_breaker.half_open_requests;
         let mut trial = None;
         let mut c = 0;
         while c < slots.len() {
             let s = rules.slot(slots[c]);
-            if s.view.circuit != CircuitState::HalfOpen {
+            if !s.view.on_trial() {
                 c += 1;
             } else if trial.is_none() && s.shared.take_trial(trials) {
                 trial = Some(slots[c]);

@@ -103,6 +103,15 @@ impl BackendShared {
         self.trials.store(0, Ordering::Relaxed);
     }
 
+    /// How long since a request to it last got its answer or failed (since the pool started,
+    /// if none has).
+    pub(crate) fn unanswered_for(&self, now: Instant) -> Duration {
+        Duration::from_nanos(
+            self.stamp(now)
+                .saturating_sub(self.last_answer.load(Ordering::Relaxed)),
+        )
+    }
+
     /// How long the backend has held requests without answering any: zero when idle or
     /// answering.
     pub(crate) fn silent_for(&self, now: Instant) -> Duration {

@@ -15,7 +15,7 @@ mod probe;
 mod shard;
 
 pub use actor::{BackendStatus, NoBackend, PoolActor, PoolArgs, PoolMsg, UpstreamStatus};
-pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind};
+pub use backend::{BackendActor, BackendMsg, BackendView, Outcome, OutcomeKind, Recent};
 pub use change::{AdminState, Applied, ChangeError};
 pub use lease::Lease;
 pub use picks::{Asked, PickAnswer, Pool, PoolStart, Shard, Shards};

@@ -221,6 +221,8 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::policy::breaker::CircuitState;
+    use crate::pool::BackendView;
     use crate::telemetry::metrics::Metrics;
     use std::time::Duration;
 
@@ -286,6 +288,75 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_ne!(lease.id(), first.id());
+        }
+        pool.actor().stop(None);
+    }
+
+    /// A backend out by its probes takes nothing; once a probe passes again it is rising, and
+    /// takes its `half_open_requests` trial requests ahead of the algorithm, and no more until
+    /// they prove it.
+    #[tokio::test(start_paused = true)]
+    async fn a_rising_backend_takes_its_trial_requests_first_and_only_those() {
+        let pool = round_robin_over_three().await;
+        let decay = Duration::from_secs(10);
+        let port = |l: &Lease| l.authority().rsplit(':').next().unwrap().to_string();
+        let view = |rising| BackendView {
+            rising,
+            ..BackendView::fresh(false, Duration::from_millis(10), decay, Instant::now())
+        };
+        let mut held = Vec::new();
+        pool.actor()
+            .cast(PoolMsg::View {
+                id: 2,
+                view: view(false),
+            })
+            .unwrap();
+        for key in 0..6 {
+            let lease = pool.ask(key, &[], None, Instant::now()).unwrap();
+            held.push(lease.await.unwrap().unwrap());
+        }
+        assert!(held.iter().all(|l| port(l) != "3"), "out by its probes");
+        pool.actor()
+            .cast(PoolMsg::View {
+                id: 2,
+                view: view(true),
+            })
+            .unwrap();
+        let mut ports = Vec::new();
+        for key in 0..6 {
+            let lease = pool.ask(key, &[], None, Instant::now()).unwrap();
+            let lease = lease.await.unwrap().unwrap();
+            ports.push(port(&lease));
+            held.push(lease);
+        }
+        assert_eq!(ports[..3], ["3", "3", "3"], "{ports:?}");
+        assert!(!ports[3..].contains(&"3".to_string()), "{ports:?}");
+        pool.actor().stop(None);
+    }
+
+    /// Rising, but its breaker open (a relapse, whose open period passing probes do not cut
+    /// short): it takes nothing, not even trials, and takes no place under the ejection cap.
+    #[tokio::test(start_paused = true)]
+    async fn a_rising_backend_whose_breaker_is_open_takes_nothing() {
+        let pool = round_robin_over_three().await;
+        let now = Instant::now();
+        let view = BackendView {
+            rising: true,
+            circuit: CircuitState::Open {
+                until: now + Duration::from_secs(3600),
+            },
+            ..BackendView::fresh(
+                false,
+                Duration::from_millis(10),
+                Duration::from_secs(10),
+                now,
+            )
+        };
+        pool.actor().cast(PoolMsg::View { id: 2, view }).unwrap();
+        for key in 0..6 {
+            let lease = pool.ask(key, &[], None, Instant::now()).unwrap();
+            let lease = lease.await.unwrap().unwrap();
+            assert!(!lease.authority().ends_with(":3"), "{}", lease.authority());
         }
         pool.actor().stop(None);
     }

@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::breaker::CircuitState;
-    use crate::pool::{AdminState, BackendView, NoBackend, Pool, PoolArgs, PoolMsg};
+    use crate::pool::{AdminState, BackendView, NoBackend, Pool, PoolArgs, PoolMsg, Recent};
     use crate::telemetry::metrics::Metrics;
     use crate::workers::Workers;
     use std::time::Duration;
@@ -323,7 +323,10 @@ mod tests {
         let even = picks_on(&workers, 1, &pool, 300, None).await;
         assert!(count(&even) > 60, "alike, a third each: {even:?}");
         let now = Instant::now();
-        let slow = BackendView::fresh(true, Duration::from_secs(1), decay, now);
+        let slow = BackendView {
+            recent: Recent::Answered,
+            ..BackendView::fresh(true, Duration::from_secs(1), decay, now)
+        };
         pool.actor()
             .cast(PoolMsg::View { id: 0, view: slow })
             .unwrap();

@@ -12,7 +12,7 @@ mod round_robin;
 mod weighted;
 
 pub use hash::ConsistentHash;
-pub use p2c::PowerOfTwo;
+pub use p2c::{PowerOfTwo, EXPLORE_EVERY};
 pub use round_robin::{LeastConnections, RoundRobin};
 pub use weighted::{SmoothWeighted, WeightedRandom};
 
@@ -36,6 +36,24 @@ pub struct Candidate {
     /// In its slow-start ramp: its estimate restarted at the pool's mean and decays while it
     /// is idle, so the p2c algorithms never let it win a duel by looking cheaper.
     pub ramping: bool,
+    /// Whether the p2c algorithms may send it a request to measure it again, whatever it
+    /// costs: see [`Explore`].
+    pub explore: Explore,
+}
+
+/// Whether a backend may be sent a request to measure it again ([`PowerOfTwo`]'s exploring
+/// picks). Only one with nothing in flight and whose last outcome was not a failure may: a hung
+/// backend holds its requests, and a failing one comes back through its breaker's trials.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Explore {
+    /// It may not.
+    #[default]
+    No,
+    /// It may, and has gone this long without an answer, seconds.
+    Idle(f64),
+    /// Its last answer was far faster than its estimate: the next answer confirms it became
+    /// fast again, so it is asked at once.
+    Now,
 }
 
 /// A balancing algorithm: picks one of `candidates`.
@@ -98,6 +116,7 @@ pub(crate) mod testutil {
                 inflight: 0,
                 latency: 0.01,
                 ramping: false,
+                explore: Explore::No,
             })
             .collect()
     }

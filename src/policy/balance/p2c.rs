@@ -13,6 +13,16 @@
 //! Counting what is in flight is what makes a hung backend look worse within milliseconds:
 //! its requests never complete, so its in-flight count climbs while its EWMA cannot.
 //!
+//! **Exploring picks.** A backend that loses every duel gets no request, so nothing would ever
+//! show that it became fast again: its estimate only decays, and one 30 ms slower than 0.3 ms
+//! neighbours took some 50 s to be tried again. So one pick in [`EXPLORE_EVERY`] goes to the
+//! backend that has gone longest without an answer, and a backend whose last answer was far
+//! faster than its estimate is asked again at once (its next answer confirms the change: see
+//! [`crate::policy::ewma`]'s trough), each only when nothing is in flight to it and its last
+//! outcome was not a failure ([`super::Explore`]). A backend still slow then costs at most one
+//! request in `EXPLORE_EVERY`, one at a time; one that became fast is back within a few hundred
+//! requests.
+//!
 //! A backend in its slow-start ramp never wins a duel by being cheaper (its estimate restarted
 //! at the pool's mean and decays while idle, so it would win them all and skip its ramp); it
 //! wins as the first drawn unless the other is decisively cheaper. Under `adaptive` its draws
@@ -21,18 +31,25 @@
 //! others', and it got nothing until a third of the ramp was over.)
 
 use super::weighted::weighted_index;
-use super::{Balancer, Candidate};
+use super::{Balancer, Candidate, Explore};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
 /// How much cheaper the second candidate of `adaptive` must be to beat the first drawn.
 pub const DECISIVE: f64 = 2.0;
 
+/// One pick in this many is an exploring pick (0.5%): few enough that a backend still slow
+/// stays out of the p99, enough that at 200 requests a second one that recovered is asked
+/// within a second.
+pub const EXPLORE_EVERY: u32 = 200;
+
 /// Power of two choices; see the module doc.
 #[derive(Debug)]
 pub struct PowerOfTwo {
     weighted: bool,
     decisive: f64,
+    /// Picks until the next exploring one.
+    until_explore: u32,
 }
 
 impl PowerOfTwo {
@@ -41,6 +58,7 @@ impl PowerOfTwo {
         PowerOfTwo {
             weighted: true,
             decisive: DECISIVE,
+            until_explore: EXPLORE_EVERY,
         }
     }
 
@@ -49,7 +67,31 @@ impl PowerOfTwo {
         PowerOfTwo {
             weighted: false,
             decisive: 1.0,
+            until_explore: EXPLORE_EVERY,
         }
+    }
+
+    /// The candidate to measure again, if this pick explores: one whose last answer was far
+    /// faster than its estimate, else on every `EXPLORE_EVERY`-th pick the one that has gone
+    /// longest without an answer.
+    fn explore(&mut self, candidates: &[Candidate]) -> Option<usize> {
+        if let Some(i) = candidates.iter().position(|c| c.explore == Explore::Now) {
+            return Some(i);
+        }
+        self.until_explore -= 1;
+        if self.until_explore > 0 {
+            return None;
+        }
+        self.until_explore = EXPLORE_EVERY;
+        candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.explore {
+                Explore::Idle(idle) => Some((i, idle)),
+                _ => None,
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
     }
 
     fn cost(c: &Candidate) -> f64 {
@@ -71,6 +113,9 @@ impl Balancer for PowerOfTwo {
             0 => None,
             1 => Some(0),
             n => {
+                if let Some(i) = self.explore(candidates) {
+                    return Some(i);
+                }
                 let a = self.draw(candidates, rng);
                 let mut b = self.draw(candidates, rng);
                 if b == a {
@@ -165,6 +210,31 @@ mod tests {
             flooded[2] > 2 * n[2],
             "its low estimate would win duels: {flooded:?}"
         );
+    }
+
+    #[test]
+    fn one_pick_in_explore_every_measures_the_backend_longest_without_an_answer() {
+        let mut c = cands(&[1.0, 1.0, 1.0]);
+        c[2].latency = 0.5; // loses every duel
+        c[0].explore = Explore::Idle(0.001);
+        c[1].explore = Explore::Idle(0.002);
+        c[2].explore = Explore::Idle(3.0);
+        for mut b in [PowerOfTwo::weighted(), PowerOfTwo::unweighted()] {
+            let n = counts(&mut b, &c, 10 * EXPLORE_EVERY as usize);
+            assert_eq!(n[2], 10, "{n:?}");
+        }
+        // Not one with something in flight, or whose last outcome failed.
+        c[2].explore = Explore::No;
+        let n = counts(&mut PowerOfTwo::weighted(), &c, 10 * EXPLORE_EVERY as usize);
+        assert_eq!(n[2], 0, "{n:?}");
+    }
+
+    #[test]
+    fn a_backend_that_answered_far_faster_is_asked_again_at_once() {
+        let mut c = cands(&[1.0, 1.0, 0.05]);
+        c[2].latency = 0.5;
+        c[2].explore = Explore::Now;
+        assert_eq!(counts(&mut PowerOfTwo::weighted(), &c, 20), vec![0, 0, 20]);
     }
 
     #[test]
