@@ -545,10 +545,13 @@ mod tests {
         }
     }
 
-    /// Out by its probes, one passing probe makes it rising; one trial request that succeeds
-    /// is the second pass of `healthy_threshold = 2`: back in rotation, its ramp begun.
-    #[tokio::test(start_paused = true)]
-    async fn a_successful_trial_request_completes_the_rise() {
+    /// A backend actor out by its probes, made rising by one passing probe (the pool's mean
+    /// latency 1 ms): it takes trial requests.
+    async fn rising_actor() -> (
+        ActorRef<BackendMsg>,
+        Arc<Outcomes>,
+        mpsc::UnboundedReceiver<BackendView>,
+    ) {
         let (backend, outcomes, mut rx) = backend_actor(false).await;
         let pool_mean = Duration::from_millis(1);
         backend
@@ -559,6 +562,14 @@ mod tests {
             .unwrap();
         let view = next_view(&mut rx, |v| v.rising).await;
         assert!(!view.healthy && view.on_trial(), "{view:?}");
+        (backend, outcomes, rx)
+    }
+
+    /// Out by its probes, one passing probe makes it rising; one trial request that succeeds
+    /// is the second pass of `healthy_threshold = 2`: back in rotation, its ramp begun.
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_trial_request_completes_the_rise() {
+        let (backend, outcomes, mut rx) = rising_actor().await;
         push(&backend, &outcomes, OutcomeKind::Success);
         let view = next_view(&mut rx, |v| v.healthy).await;
         assert!(!view.rising && !view.on_trial(), "{view:?}");
@@ -573,15 +584,7 @@ mod tests {
     /// A trial request that fails starts the rise over: out again until a probe passes.
     #[tokio::test(start_paused = true)]
     async fn a_failed_trial_request_starts_the_rise_over() {
-        let (backend, outcomes, mut rx) = backend_actor(false).await;
-        let pool_mean = Duration::from_millis(1);
-        backend
-            .cast(BackendMsg::Probe {
-                pass: true,
-                pool_mean,
-            })
-            .unwrap();
-        next_view(&mut rx, |v| v.rising).await;
+        let (backend, outcomes, mut rx) = rising_actor().await;
         push(&backend, &outcomes, OutcomeKind::Connect);
         let view = next_view(&mut rx, |v| !v.rising).await;
         assert!(!view.healthy && view.recent == Recent::Failed, "{view:?}");
