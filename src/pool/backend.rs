@@ -488,176 +488,157 @@ mod tests {
         }
     }
 
-    /// A backend actor over `upstream()`, reporting to a listener; out by its probes when
-    /// `healthy` is false.
-    async fn backend_actor(
-        healthy: bool,
-    ) -> (
-        ActorRef<BackendMsg>,
-        Arc<Outcomes>,
-        mpsc::UnboundedReceiver<BackendView>,
-    ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
-        let metrics = crate::telemetry::metrics::Metrics::new();
-        let outcomes = Arc::new(Outcomes::default());
-        let args = BackendArgs {
-            id: 0,
-            upstream: upstream(),
-            authority: Arc::from("127.0.0.1:1"),
-            pool,
-            metrics: metrics.backend("web", "127.0.0.1:1", 1),
-            outcomes: outcomes.clone(),
-            initial_latency: Duration::from_millis(10),
-            healthy,
-            ramp: false,
-        };
-        let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
-        (backend, outcomes, rx)
+    /// A backend actor over `upstream()`, and what a test drives and watches it through.
+    struct Harness {
+        backend: ActorRef<BackendMsg>,
+        pool: ActorRef<PoolMsg>,
+        outcomes: Arc<Outcomes>,
+        /// Every view it reports to its pool.
+        views: mpsc::UnboundedReceiver<BackendView>,
+        metrics: crate::telemetry::metrics::Metrics,
     }
 
-    fn push(backend: &ActorRef<BackendMsg>, outcomes: &Outcomes, kind: OutcomeKind) {
-        push_took(backend, outcomes, kind, Duration::from_micros(300));
-    }
-
-    fn push_took(
-        backend: &ActorRef<BackendMsg>,
-        outcomes: &Outcomes,
-        kind: OutcomeKind,
-        latency: Duration,
-    ) {
-        let o = Outcome { kind, latency };
-        if outcomes.push(o, true) == Nudge::Now {
-            backend.cast(BackendMsg::Outcomes).unwrap();
-        }
-    }
-
-    /// The next reported view that `want` accepts.
-    async fn next_view(
-        rx: &mut mpsc::UnboundedReceiver<BackendView>,
-        want: impl Fn(&BackendView) -> bool,
-    ) -> BackendView {
-        loop {
-            let view = rx.recv().await.expect("the actor reports");
-            if want(&view) {
-                return view;
+    impl Harness {
+        /// A backend actor reporting to a listener; out by its probes when `healthy` is false.
+        async fn start(healthy: bool) -> Harness {
+            let (tx, views) = mpsc::unbounded_channel();
+            let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
+            let metrics = crate::telemetry::metrics::Metrics::new();
+            let outcomes = Arc::new(Outcomes::default());
+            let args = BackendArgs {
+                id: 0,
+                upstream: upstream(),
+                authority: Arc::from("127.0.0.1:1"),
+                pool: pool.clone(),
+                metrics: metrics.backend("web", "127.0.0.1:1", 1),
+                outcomes: outcomes.clone(),
+                initial_latency: Duration::from_millis(10),
+                healthy,
+                ramp: false,
+            };
+            let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
+            Harness {
+                backend,
+                pool,
+                outcomes,
+                views,
+                metrics,
             }
         }
-    }
 
-    /// A backend actor out by its probes, made rising by one passing probe (the pool's mean
-    /// latency 1 ms): it takes trial requests.
-    async fn rising_actor() -> (
-        ActorRef<BackendMsg>,
-        Arc<Outcomes>,
-        mpsc::UnboundedReceiver<BackendView>,
-    ) {
-        let (backend, outcomes, mut rx) = backend_actor(false).await;
-        let pool_mean = Duration::from_millis(1);
-        backend
-            .cast(BackendMsg::Probe {
-                pass: true,
-                pool_mean,
-            })
-            .unwrap();
-        let view = next_view(&mut rx, |v| v.rising).await;
-        assert!(!view.healthy && view.on_trial(), "{view:?}");
-        (backend, outcomes, rx)
+        /// Out by its probes, made rising by one passing probe (the pool's mean latency
+        /// 1 ms): it takes trial requests.
+        async fn rising() -> Harness {
+            let mut h = Harness::start(false).await;
+            let pool_mean = Duration::from_millis(1);
+            h.backend
+                .cast(BackendMsg::Probe {
+                    pass: true,
+                    pool_mean,
+                })
+                .unwrap();
+            let view = h.next_view(|v| v.rising).await;
+            assert!(!view.healthy && view.on_trial(), "{view:?}");
+            h
+        }
+
+        /// One request's outcome, in 300 µs.
+        fn push(&self, kind: OutcomeKind) {
+            self.push_took(kind, Duration::from_micros(300));
+        }
+
+        fn push_took(&self, kind: OutcomeKind, latency: Duration) {
+            if self.outcomes.push(Outcome { kind, latency }, true) == Nudge::Now {
+                self.backend.cast(BackendMsg::Outcomes).unwrap();
+            }
+        }
+
+        /// The next reported view that `want` accepts.
+        async fn next_view(&mut self, want: impl Fn(&BackendView) -> bool) -> BackendView {
+            loop {
+                let view = self.views.recv().await.expect("the actor reports");
+                if want(&view) {
+                    return view;
+                }
+            }
+        }
+
+        fn stop(self) {
+            self.backend.stop(None);
+            self.pool.stop(None);
+        }
     }
 
     /// Out by its probes, one passing probe makes it rising; one trial request that succeeds
     /// is the second pass of `healthy_threshold = 2`: back in rotation, its ramp begun.
     #[tokio::test(start_paused = true)]
     async fn a_successful_trial_request_completes_the_rise() {
-        let (backend, outcomes, mut rx) = rising_actor().await;
-        push(&backend, &outcomes, OutcomeKind::Success);
-        let view = next_view(&mut rx, |v| v.healthy).await;
+        let mut h = Harness::rising().await;
+        h.push(OutcomeKind::Success);
+        let view = h.next_view(|v| v.healthy).await;
         assert!(!view.rising && !view.on_trial(), "{view:?}");
         assert!(view.slow_start_since.is_some(), "it ramps up: {view:?}");
         assert_eq!(
             view.latency, 0.001,
             "its estimate restarts at the pool's mean"
         );
-        backend.stop(None);
+        h.stop();
     }
 
     /// A trial request that fails starts the rise over: out again until a probe passes.
     #[tokio::test(start_paused = true)]
     async fn a_failed_trial_request_starts_the_rise_over() {
-        let (backend, outcomes, mut rx) = rising_actor().await;
-        push(&backend, &outcomes, OutcomeKind::Connect);
-        let view = next_view(&mut rx, |v| !v.rising).await;
+        let mut h = Harness::rising().await;
+        h.push(OutcomeKind::Connect);
+        let view = h.next_view(|v| !v.rising).await;
         assert!(!view.healthy && view.recent == Recent::Failed, "{view:?}");
-        backend.stop(None);
+        h.stop();
     }
 
     /// Unmeasured until its first answer, which sets its estimate; an answer far below the
     /// estimate is news: the view says so, for the pick to ask again.
     #[tokio::test(start_paused = true)]
     async fn a_far_faster_answer_is_reported_as_such() {
-        let (backend, outcomes, mut rx) = backend_actor(true).await;
-        let ms5 = Duration::from_millis(5);
-        push_took(&backend, &outcomes, OutcomeKind::Success, ms5);
-        let view = next_view(&mut rx, |v| v.recent == Recent::Answered).await;
+        let mut h = Harness::start(true).await;
+        h.push_took(OutcomeKind::Success, Duration::from_millis(5));
+        let view = h.next_view(|v| v.recent == Recent::Answered).await;
         assert!(
             (view.latency - 0.005).abs() < 1e-9,
             "the first answer: {view:?}"
         );
-        push(&backend, &outcomes, OutcomeKind::Success);
-        let view = next_view(&mut rx, |v| v.recent == Recent::Faster).await;
+        h.push(OutcomeKind::Success);
+        let view = h.next_view(|v| v.recent == Recent::Faster).await;
         assert!(
             view.latency > 0.004,
             "one answer is not believed yet: {view:?}"
         );
-        push(&backend, &outcomes, OutcomeKind::Success);
-        let view = next_view(&mut rx, |v| v.recent == Recent::Answered).await;
+        h.push(OutcomeKind::Success);
+        let view = h.next_view(|v| v.recent == Recent::Answered).await;
         assert!(view.latency < 0.001, "the second confirms it: {view:?}");
-        backend.stop(None);
+        h.stop();
     }
 
     /// No request arrives after the trip: the actor's own timer turns the breaker half-open.
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_turns_half_open_on_time_without_traffic() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (pool, _) = Actor::spawn(None, Listener, tx).await.unwrap();
-        let metrics = crate::telemetry::metrics::Metrics::new();
-        let outcomes = Arc::new(Outcomes::default());
-        let args = BackendArgs {
-            id: 0,
-            upstream: upstream(),
-            authority: Arc::from("127.0.0.1:1"),
-            pool: pool.clone(),
-            metrics: metrics.backend("web", "127.0.0.1:1", 1),
-            outcomes: outcomes.clone(),
-            initial_latency: Duration::from_millis(10),
-            healthy: true,
-            ramp: false,
-        };
-        let (backend, _) = Actor::spawn(None, BackendActor, args).await.unwrap();
-        let failure = Outcome {
-            kind: OutcomeKind::Connect,
-            latency: Duration::from_millis(1),
-        };
+        let mut h = Harness::start(true).await;
         for _ in 0..3 {
-            if outcomes.push(failure, true) == Nudge::Now {
-                backend.cast(BackendMsg::Outcomes).unwrap();
-            }
+            h.push_took(OutcomeKind::Connect, Duration::from_millis(1));
         }
         let opened_at = Instant::now();
-        let state = next_circuit(&mut rx, |c| c == CircuitState::Closed).await;
+        let state = next_circuit(&mut h.views, |c| c == CircuitState::Closed).await;
         assert!(matches!(state, CircuitState::Open { .. }), "{state:?}");
         // Paused time jumps to the timer: half-open exactly one open period later.
-        let state = next_circuit(&mut rx, |c| matches!(c, CircuitState::Open { .. })).await;
+        let state = next_circuit(&mut h.views, |c| matches!(c, CircuitState::Open { .. })).await;
         assert_eq!(state, CircuitState::HalfOpen);
         assert_eq!(Instant::now() - opened_at, Duration::from_secs(2));
-        let text = metrics.render();
+        let text = h.metrics.render();
         for to in ["open", "half_open"] {
             let series = format!(
                 "fulcrum_circuit_transitions_total{{upstream=\"web\",backend=\"127.0.0.1:1\",to=\"{to}\"}} 1"
             );
             assert!(text.contains(&series), "{series} in\n{text}");
         }
-        backend.stop(None);
-        pool.stop(None);
+        h.stop();
     }
 }
