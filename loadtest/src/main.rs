@@ -74,7 +74,7 @@ enum Command {
         #[arg(long)]
         results: Option<PathBuf>,
         /// Run only at this rate (requests per second) instead of each of the scenario's.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         rate: Option<u32>,
     },
     /// Throughput, latency, CPU and memory of fulcrum beside nginx and HAProxy, in one run.
@@ -158,10 +158,6 @@ async fn command(cli: Cli) -> i32 {
                 plot,
                 results,
             };
-            if rate == Some(0) {
-                eprintln!("loadtest: --rate must be at least 1");
-                std::process::exit(2);
-            }
             match run_scenarios(path, all, fulcrum, quick, rate, &files).await {
                 Ok(true) => 0,
                 Ok(false) => 1,

@@ -188,13 +188,6 @@ fn next_event_for<'a>(events: &'a [Applied], b: &str, from: f64) -> Option<&'a A
         .find(|e| e.at > from && (e.backend == b || e.backend == "all"))
 }
 
-/// Backend `b`'s share in each whole second.
-fn backends_per_second(shares: &[Share], b: usize) -> Vec<f64> {
-    shares
-        .get(b)
-        .map_or_else(Vec::new, |s| s.per_second.clone())
-}
-
 /// The last recovery event and the backends it brought back (after `all`, every one).
 fn last_recovery(run: &Run) -> Option<(&Applied, Vec<usize>)> {
     let s = &run.scenario;
@@ -360,7 +353,7 @@ impl Report {
         let min_bystander_share = s
             .bystanders()
             .iter()
-            .flat_map(|&b| backends_per_second(&backends, b))
+            .flat_map(|&b| backends[b].per_second.iter().copied())
             .reduce(f64::min);
         let peak_rss_mib = samples
             .iter()

@@ -10,7 +10,7 @@
 //! - **Open → half-open** on time ([`Breaker::poll`], which the actor calls from a timer, so an
 //!   all-open pool recovers without waiting for a request), or early when the active probes find
 //!   the backend passing again ([`Breaker::probes_recovered`]) — unless it *relapsed*: it closed
-//!   and tripped again within its last open period. A backend that died once comes back as soon
+//!   and tripped again while on probation (below). A backend that died once comes back as soon
 //!   as the probes find it; a flapping one waits out each open period.
 //! - **Half-open**: `half_open_requests` trial requests; all must pass to close; one failure
 //!   reopens with the next, longer period.
@@ -81,8 +81,8 @@ pub struct Breaker {
     out_for: Duration,
     /// When it last left closed.
     opened_at: Option<Instant>,
-    /// It tripped again, since its last clean close, within its last open period of a close:
-    /// passing probes do not cut its open period short.
+    /// It tripped again while on probation after its last close (see the module doc): passing
+    /// probes do not cut its open period short.
     relapsed: bool,
 }
 

@@ -134,7 +134,7 @@ impl BackendView {
     /// Whether it takes only trial requests: its breaker is half-open, or the probes found it
     /// back once and its answers must confirm it.
     pub fn on_trial(&self) -> bool {
-        self.circuit == CircuitState::HalfOpen || (self.rising && !self.healthy)
+        self.circuit == CircuitState::HalfOpen || self.rising
     }
 
     /// The latency estimate read at `now`.

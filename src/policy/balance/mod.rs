@@ -12,7 +12,7 @@ mod round_robin;
 mod weighted;
 
 pub use hash::ConsistentHash;
-pub use p2c::{PowerOfTwo, EXPLORE_EVERY};
+pub use p2c::PowerOfTwo;
 pub use round_robin::{LeastConnections, RoundRobin};
 pub use weighted::{SmoothWeighted, WeightedRandom};
 
