@@ -8,11 +8,13 @@
 //!
 //! - **A confirmed peak**: two successes in a row above the estimate replace it with the lower
 //!   of the two. A backend that got slower is believed at its second answer; one answer delayed
-//!   by a pause of the backend or of the machine is folded in like any other, and an outlier
-//!   that follows an answer just above the estimate lifts it only to that answer. (Tower
-//!   believes every higher sample at once: one 24 ms answer among 2.5 ms ones cost a healthy
-//!   backend its traffic for 20 s; replacing the estimate with the second sample of the pair
-//!   did the same whenever that one was the outlier.)
+//!   by a pause of the backend or of the machine is folded in as at most `TROUGH` times the
+//!   estimate, and an outlier that follows an answer just above the estimate lifts it only to
+//!   that answer. (Tower believes every higher sample at once: one 24 ms answer among 2.5 ms
+//!   ones cost a healthy backend its traffic for 20 s; replacing the estimate with the second
+//!   sample of the pair did the same whenever that one was the outlier; folding the lone one in
+//!   whole did it too when it came after a quiet spell, since a sample weighs
+//!   `1 - exp(-elapsed / decay)`: 40 ms after 100 ms of quiet doubled a 0.4 ms estimate.)
 //! - **A confirmed trough**: two successes in a row below half the estimate replace it with the
 //!   higher of the two. A backend that became fast again is believed at its second answer
 //!   instead of over `decay × ln(slow / fast)` (50 s from 30 ms to 0.3 ms at the default 10 s).
@@ -79,6 +81,7 @@ impl PeakEwma {
     /// answers brought theirs down.
     pub fn observe(&mut self, sample: Duration, now: Instant) {
         let sample = sample.as_secs_f64();
+        let before = self.estimate;
         let (current, w) = self.advance(now);
         if std::mem::take(&mut self.presumed) {
             self.estimate = sample;
@@ -106,6 +109,11 @@ impl PeakEwma {
             (Trend::FarBelow, Trend::FarBelow) => {
                 self.estimate = self.last.max(sample);
                 Trend::Level
+            }
+            (_, Trend::Above) => {
+                // Unconfirmed: it may be the backend's or the machine's pause.
+                self.estimate = current + sample.min(TROUGH * before) * (1.0 - w);
+                trend
             }
             _ => {
                 self.estimate = current + sample * (1.0 - w);
@@ -235,6 +243,20 @@ mod tests {
         // Two in a row are a backend that got slower.
         e.observe(ms(200), t0 + ms(60));
         assert!((e.get() - 0.2).abs() < 1e-9, "{}", e.get());
+    }
+
+    #[test]
+    fn a_lone_high_sample_after_a_quiet_spell_weighs_no_more_than_twice_the_estimate() {
+        let t0 = Instant::now();
+        let mut e = measured(us(400), t0);
+        // A second of quiet gives the next sample a tenth of the weight: 40 ms in whole would
+        // make the estimate ten times what it was.
+        e.observe(ms(40), t0 + Duration::from_secs(1));
+        assert!(e.get() < 0.00044, "{}", e.get());
+        assert_eq!(e.trend(), Trend::Above);
+        // The next answer above confirms a peak at the lower of the pair, as always.
+        e.observe(ms(30), t0 + Duration::from_secs(1) + ms(5));
+        assert!((e.get() - 0.030).abs() < 1e-9, "{}", e.get());
     }
 
     #[test]
