@@ -14,6 +14,13 @@
 //! With `admin.token` set, every request must carry `Authorization: Bearer <token>`. Every
 //! change is logged with the client's address. The listener serves nothing of the proxied
 //! traffic.
+//!
+//! A web page the operator visits must not be able to use it (a loopback listener without a
+//! token is reachable from their browser): a request whose `Host` is not an IP address,
+//! `localhost` or one of `admin.hosts` is refused (DNS rebinding), a change from another origin
+//! (`Origin`, `Sec-Fetch-Site`) is refused, and a change's JSON body must say
+//! `Content-Type: application/json`, which a page cannot send across origins without asking
+//! first (a CORS preflight, which this listener never grants).
 
 use crate::config::BackendConfig;
 use crate::control::{AdminError, Control, ReloadError};
@@ -45,6 +52,8 @@ const TARGET: &str = "fulcrum::admin";
 pub struct Admin {
     control: Arc<Control>,
     metrics: Metrics,
+    /// `admin.hosts`, lowercase.
+    hosts: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -101,9 +110,48 @@ fn error(status: StatusCode, reason: &str) -> Response<ProxyBody> {
 }
 
 impl Admin {
-    /// Admin endpoints over `control`'s pools and the server's metrics.
-    pub fn new(control: Arc<Control>, metrics: Metrics) -> Admin {
-        Admin { control, metrics }
+    /// Admin endpoints over `control`'s pools and the server's metrics, answering to the
+    /// host names `hosts` besides IP addresses and `localhost`.
+    pub fn new(control: Arc<Control>, metrics: Metrics, hosts: &[String]) -> Admin {
+        Admin {
+            control,
+            metrics,
+            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Why a request cannot be from the operator's own client but from a web page, if it
+    /// cannot: its Host names a site (DNS rebinding), or it is a change from another origin.
+    fn foreign(&self, req: &Request<ClientBody>) -> Option<&'static str> {
+        let headers = req.headers();
+        let host = headers
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{0}"))
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        // No Host at all is a hand-made request: a browser always sends one.
+        if let Some(host) = host {
+            let name = host_name(host).to_ascii_lowercase();
+            let known = name.parse::<std::net::IpAddr>().is_ok()
+                || name == "localhost"
+                || self.hosts.contains(&name);
+            if !known {
+                return Some(
+                    "this admin listener answers only to an IP address, localhost or admin.hosts",
+                );
+            }
+        }
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            return None;
+        }
+        let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+        if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+            return Some("changes from another site are refused");
+        }
+        match (headers.get(header::ORIGIN), host) {
+            (None, _) => None,
+            (Some(origin), Some(host)) if same_origin(origin.as_bytes(), host) => None,
+            (Some(_), _) => Some("changes from another origin are refused"),
+        }
     }
 
     async fn metrics(&self) -> Response<ProxyBody> {
@@ -245,10 +293,23 @@ fn answer(
     }
 }
 
-/// Reads a JSON request body of at most [`MAX_BODY`] bytes; a 4xx answer when it is not one.
+/// Reads a JSON request body of at most [`MAX_BODY`] bytes; a 4xx answer when it is not one,
+/// or when it does not say `Content-Type: application/json`.
 async fn read_json<T: for<'de> Deserialize<'de>>(
     req: Request<ClientBody>,
 ) -> Result<T, Response<ProxyBody>> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ));
+    }
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -270,6 +331,28 @@ fn not_found() -> Response<ProxyBody> {
     )
 }
 
+/// The name in a Host value, without its port (and an IPv6 literal without its brackets).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is the origin of a page served from `host`.
+fn same_origin(origin: &[u8], host: &str) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
 /// Compares without an early exit, so the time taken says nothing of where a guess went wrong.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -280,6 +363,10 @@ impl Handler for Admin {
 
     async fn handle(&self, req: Request<ClientBody>, peer: Peer) -> Response<ProxyBody> {
         let client = peer.addr();
+        if let Some(reason) = self.foreign(&req) {
+            tracing::warn!(target: TARGET, %client, reason, "admin request refused");
+            return error(StatusCode::FORBIDDEN, reason);
+        }
         if !self.authorised(&req) {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -312,7 +399,24 @@ impl Handler for Admin {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, host_name, same_origin};
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("127.0.0.1:9901"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:9901"), "::1");
+        assert_eq!(host_name("[::1]"), "::1");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("evil.example:80"), "evil.example");
+    }
+
+    #[test]
+    fn an_origin_is_the_same_only_for_the_same_host_and_port() {
+        assert!(same_origin(b"http://127.0.0.1:9901", "127.0.0.1:9901"));
+        assert!(!same_origin(b"http://127.0.0.1:9902", "127.0.0.1:9901"));
+        assert!(!same_origin(b"http://evil", "127.0.0.1:9901"));
+        assert!(!same_origin(b"null", "127.0.0.1:9901"));
+    }
 
     #[test]
     fn tokens_compare_whole() {

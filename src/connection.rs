@@ -17,11 +17,19 @@
 //! one), 10% of fulcrum's user time. The watchdog notices instead, asking the socket (no read,
 //! no syscall unless it is readable) about requests in flight longer than a tick of its clock.
 
+mod caught;
 mod plain;
+
+pub use caught::{Caught, Panicked};
+/// fulcrum's own parser of a plain HTTP/1.1 request (see `plain`): the request, whether the
+/// client asked to close, and the bytes it took; `None` for what it leaves to hyper. Public for
+/// the fuzz targets and the test that holds it to hyper's verdicts.
+pub use plain::take as take_plain_request;
 
 use crate::proxy::body::HoldBody;
 use crate::race::{race, Won};
 use crate::server::{ClientBody, Handler, Peer};
+use crate::telemetry::metrics::{ClientMetrics, ClientTimeout};
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -62,18 +70,30 @@ pub struct Limits {
     pub max_connections: usize,
     /// `listen.max_header_bytes`.
     pub max_header_bytes: usize,
+    /// `listen.body_read_timeout`.
+    pub body_read: Duration,
+    /// `listen.send_timeout`.
+    pub send: Duration,
 }
 
-/// The HTTP/1 and HTTP/2 connection builders of a listener, with its header limit: hyper
-/// answers 431 itself when an HTTP/1 request's head outgrows its read buffer.
+/// What every connection of a listener shares: the HTTP/1 and HTTP/2 connection builders, with
+/// its header limit (hyper answers 431 itself when an HTTP/1 request's head outgrows its read
+/// buffer), the peers it trusts, and its counters.
 pub struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    trusted_proxies: Box<[ipnet::IpNet]>,
+    clients: Arc<ClientMetrics>,
 }
 
 impl Builders {
-    /// The builders for `limits`.
-    pub fn new(limits: &Limits) -> Builders {
+    /// The builders for `limits`, trusting the forwarding headers of `trusted_proxies`, counting
+    /// into `clients`.
+    pub fn new(
+        limits: &Limits,
+        trusted_proxies: &[ipnet::IpNet],
+        clients: Arc<ClientMetrics>,
+    ) -> Builders {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(limits.max_header_bytes);
         // No reading ahead while a request is in flight: the watchdog notices a client that
@@ -81,7 +101,12 @@ impl Builders {
         h1.half_close(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        Builders { h1, h2 }
+        Builders {
+            h1,
+            h2,
+            trusted_proxies: trusted_proxies.into(),
+            clients,
+        }
     }
 }
 
@@ -105,27 +130,32 @@ pub fn serve<H: Handler>(
     limits: Limits,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let watchdog = Watchdog::new(limits.header_read, limits.idle).with_park(PARK_AFTER);
+        let watchdog = Watchdog::new(limits.header_read, limits.idle)
+            .with_park(PARK_AFTER)
+            .with_send(limits.send);
         let serve = Serve {
             handler,
             watchdog: watchdog.clone(),
-            client: Peer::new(client),
+            client: Peer::among(client, &builders.trusted_proxies),
+            body_read: limits.body_read,
+            clients: builders.clients.clone(),
         };
         if !wait_for_request(&stream, &watchdog, &mut stopped).await {
             return;
         }
-        match tokio::time::timeout(limits.header_read, is_h2(&stream)).await {
-            // Boxed: an HTTP/1 connection's task need not hold room for it.
-            Ok(Ok(true)) => {
-                return Box::pin(serve_h2(stream, serve, &builders, &mut stopped)).await
+        let (h2, prefix) = match tokio::time::timeout(limits.header_read, sniff(&stream)).await {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                serve.clients.timeout(ClientTimeout::Header);
+                return;
             }
-            Ok(Ok(false)) => {}
-            _ => return,
-        }
-        let mut io = Parked {
-            stream,
-            prefix: Bytes::new(),
         };
+        let mut io = Parked { stream, prefix };
+        if h2 {
+            // Boxed: an HTTP/1 connection's task need not hold room for it.
+            return Box::pin(serve_h2(io, serve, &builders, &mut stopped)).await;
+        }
         loop {
             // fulcrum's own server first; hyper for a request it hands over, until hyper parks.
             // Boxed, as hyper's connection is: a parked connection's task holds no room for a
@@ -168,20 +198,38 @@ async fn wait_for_request(
     }
 }
 
-/// Whether the connection starts with the HTTP/2 preface. Only peeks: the bytes stay for
-/// whichever protocol serves them.
-async fn is_h2(stream: &TcpStream) -> io::Result<bool> {
+/// Whether the connection starts with the HTTP/2 preface, and the bytes read to tell. First
+/// bytes that settle it are only peeked (they stay for whichever protocol serves them); a
+/// preface that has come in part is read, so that waiting for its rest costs a wake-up when
+/// bytes arrive rather than a peek every so often (a peek leaves the socket readable).
+async fn sniff(stream: &TcpStream) -> io::Result<(bool, Bytes)> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut buf).await?;
+    if n == 0 || buf[..n] != H2_PREFACE[..n] {
+        return Ok((false, Bytes::new()));
+    }
+    if n == H2_PREFACE.len() {
+        return Ok((true, Bytes::new()));
+    }
+    let mut got = Vec::with_capacity(H2_PREFACE.len());
     loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
+        stream.readable().await?;
+        // Never past the preface: what follows belongs to the protocol.
+        let want = H2_PREFACE.len() - got.len();
+        match stream.try_read(&mut buf[..want]) {
+            Ok(0) => return Ok((false, got.into())),
+            Ok(k) => {
+                got.extend_from_slice(&buf[..k]);
+                if got[..] != H2_PREFACE[..got.len()] {
+                    return Ok((false, got.into()));
+                }
+                if got.len() == H2_PREFACE.len() {
+                    return Ok((true, got.into()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // Part of the preface so far: the rest is on its way (peek would return at once).
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -218,11 +266,17 @@ async fn serve_h1<H: Handler>(
         Won::Side(event) => {
             match event {
                 Some(Expired::Header) => {
+                    serve.clients.timeout(ClientTimeout::Header);
                     tracing::debug!(client = %serve.client.addr(), "client too slow to send a request header; closing");
                     return None;
                 }
                 Some(Expired::ClientGone) => {
                     tracing::debug!(client = %serve.client.addr(), "client left with its request in flight; closing");
+                    return None;
+                }
+                Some(Expired::Send) => {
+                    serve.clients.timeout(ClientTimeout::Send);
+                    tracing::debug!(client = %serve.client.addr(), "client read none of its response for the send timeout; closing");
                     return None;
                 }
                 Some(Expired::Park) => {
@@ -285,7 +339,7 @@ fn client_gone(stream: &TcpStream) -> bool {
 
 /// An HTTP/2 connection, never parked (its streams share one connection's state).
 async fn serve_h2<H: Handler>(
-    stream: TcpStream,
+    stream: Parked,
     serve: Serve<H>,
     builders: &Builders,
     stopped: &mut watch::Receiver<bool>,
@@ -303,7 +357,15 @@ async fn serve_h2<H: Handler>(
     };
     let result = match won {
         Won::Main(result) => result,
-        Won::Side(Some(Expired::Header | Expired::ClientGone)) => return,
+        Won::Side(Some(Expired::Header)) => {
+            serve.clients.timeout(ClientTimeout::Header);
+            return;
+        }
+        Won::Side(Some(Expired::Send)) => {
+            serve.clients.timeout(ClientTimeout::Send);
+            return;
+        }
+        Won::Side(Some(Expired::ClientGone)) => return,
         Won::Side(Some(Expired::Idle | Expired::Park) | None) => {
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -320,6 +382,9 @@ struct Serve<H> {
     handler: Arc<H>,
     watchdog: Watchdog,
     client: Peer,
+    /// `listen.body_read_timeout`.
+    body_read: Duration,
+    clients: Arc<ClientMetrics>,
 }
 
 impl<H> Clone for Serve<H> {
@@ -328,11 +393,13 @@ impl<H> Clone for Serve<H> {
             handler: self.handler.clone(),
             watchdog: self.watchdog.clone(),
             client: self.client.clone(),
+            body_read: self.body_read,
+            clients: self.clients.clone(),
         }
     }
 }
 
-type Answer<B> = Response<HoldBody<B, ActiveGuard>>;
+type Answer<B> = Response<HoldBody<Caught<B>, ActiveGuard>>;
 
 impl<H: Handler> Serve<H> {
     /// hyper's service for this connection. Through `service_fn` the handler's future keeps its
@@ -353,8 +420,11 @@ impl<H: Handler> Serve<H> {
             let handler = serve.handler.clone();
             let guard = serve.watchdog.request();
             let client = serve.client.clone();
+            let clients = serve.clients.clone();
+            let body_read = serve.body_read;
             async move {
-                let resp = handler.handle(req.map(ClientBody::Hyper), client).await;
+                let req = req.map(|b| ClientBody::hyper(b, body_read));
+                let resp = caught::answer(&*handler, req, client, &clients).await;
                 Ok(resp.map(|b| HoldBody::new(b, guard)))
             }
         })

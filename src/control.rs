@@ -196,6 +196,9 @@ impl Control {
         if new.admin.address != current.admin.address {
             done.needs_restart.push("admin.address");
         }
+        if new.admin.hosts != current.admin.hosts {
+            done.needs_restart.push("admin.hosts");
+        }
         if new.runtime != current.runtime {
             done.needs_restart.push("runtime");
         }

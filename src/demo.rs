@@ -59,7 +59,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), DemoError>
          \x20 backends: fast {} (2 ms), slow {} (150 ms), flaky {} (20% 503)\n\
          \x20 load:     while sleep 0.02; do curl -s -o /dev/null http://{p}/; done\n\
          \x20 watch:    watch -n1 'curl -s http://{a}/metrics | grep -E \"^fulcrum_backend_(weight|circuit_state)\"'\n\
-         \x20 drain:    curl -s -X PUT http://{a}/admin/upstreams/demo/backends/{slow}/state -d '{{\"state\": \"drain\"}}'\n\
+         \x20 drain:    curl -s -X PUT http://{a}/admin/upstreams/demo/backends/{slow}/state -H 'Content-Type: application/json' -d '{{\"state\": \"drain\"}}'\n\
          \x20 Ctrl-C stops it.",
         fast.addr(),
         slow.addr(),

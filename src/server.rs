@@ -9,6 +9,7 @@ use crate::connection::{self, until_true, Builders, Limits};
 use crate::control::{self, Control, ReloadError, Reloaded};
 use crate::pool::PoolMsg;
 use crate::proxy::body::{AnswerBody, BoxError, HoldBody};
+use crate::proxy::body_timeout::BodyTimeout;
 use crate::proxy::{headers, Proxy};
 use crate::telemetry::access::Access;
 use crate::telemetry::metrics::Metrics;
@@ -66,43 +67,76 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
-/// A client request's body as a [`Handler`] gets it: hyper's, or one that fulcrum's own
-/// HTTP/1.1 server read whole with the request's head (see `connection::plain`).
+/// A client request's body as a [`Handler`] gets it: hyper's, under its [`BodyTimeout`], or one
+/// that fulcrum's own HTTP/1.1 server read whole with the request's head (see
+/// `connection::plain`). Every error it ends with is a [`ClientBodyError`]: the client's doing.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// The body as hyper reads it.
-    Hyper(Incoming),
+    /// The body as hyper reads it, and the clock of its silences.
+    Hyper(Incoming, BodyTimeout),
     /// All of the body; empty for none.
     Whole(Bytes),
 }
 
+/// Why a client's request body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Malformed (a bad chunk), or the client closed the connection mid-body.
+    #[error("the request body broke off or was malformed: {0}")]
+    Broken(#[source] hyper::Error),
+    /// Silent longer than `listen.body_read_timeout`, or not all in by the request's deadline.
+    #[error("the request body did not arrive in time")]
+    Timeout,
+}
+
+impl ClientBody {
+    /// hyper's body, allowing `idle` of silence between two reads.
+    pub fn hyper(body: Incoming, idle: std::time::Duration) -> ClientBody {
+        ClientBody::Hyper(body, BodyTimeout::new(idle))
+    }
+
+    /// The whole body must be in by `deadline` (the request's).
+    pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
+        if let ClientBody::Hyper(_, clock) = self {
+            clock.set_deadline(deadline);
+        }
+    }
+}
+
 impl http_body::Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
         match self.get_mut() {
-            ClientBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
-            ClientBody::Whole(b) if b.is_empty() => std::task::Poll::Ready(None),
+            ClientBody::Hyper(b, clock) => {
+                let polled = std::pin::Pin::new(b).poll_frame(cx);
+                if clock.poll_silence(polled.is_pending(), cx).is_ready() {
+                    return Poll::Ready(Some(Err(ClientBodyError::Timeout.into())));
+                }
+                polled.map(|f| f.map(|r| r.map_err(|e| ClientBodyError::Broken(e).into())))
+            }
+            ClientBody::Whole(b) if b.is_empty() => Poll::Ready(None),
             ClientBody::Whole(b) => {
-                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(b)))))
+                Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(b)))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Hyper(b, _) => b.is_end_stream(),
             ClientBody::Whole(b) => b.is_empty(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Hyper(b, _) => b.size_hint(),
             ClientBody::Whole(b) => http_body::SizeHint::with_exact(b.len() as u64),
         }
     }
@@ -115,15 +149,32 @@ impl http_body::Body for ClientBody {
 pub struct Peer {
     addr: SocketAddr,
     ip: HeaderValue,
+    trusted: bool,
 }
 
 impl Peer {
-    /// The client at `addr`.
+    /// The client at `addr`, not a trusted proxy.
     pub fn new(addr: SocketAddr) -> Peer {
         Peer {
             addr,
             ip: headers::ip_value(addr.ip()),
+            trusted: false,
         }
+    }
+
+    /// The client at `addr`, trusted when one of `trusted_proxies` holds its address.
+    pub fn among(addr: SocketAddr, trusted_proxies: &[ipnet::IpNet]) -> Peer {
+        let ip = addr.ip().to_canonical();
+        Peer {
+            trusted: trusted_proxies.iter().any(|net| net.contains(&ip)),
+            ..Peer::new(addr)
+        }
+    }
+
+    /// Whether it is a trusted proxy (`listen.trusted_proxies`), whose forwarding headers are
+    /// believed.
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 
     /// Its address.
@@ -232,7 +283,11 @@ impl Server {
             seed,
             workers.serving().to_vec(),
         ));
-        let admin = Arc::new(Admin::new(control.clone(), metrics.clone()));
+        let admin = Arc::new(Admin::new(
+            control.clone(),
+            metrics.clone(),
+            &config.admin.hosts,
+        ));
         let (stop, stopped) = watch::channel(false);
         let limits = Limits {
             header_read: config.listen.header_read_timeout,
@@ -240,13 +295,17 @@ impl Server {
             drain: config.listen.drain_timeout,
             max_connections: config.listen.max_connections,
             max_header_bytes: config.listen.max_header_bytes,
+            body_read: config.listen.body_read_timeout,
+            send: config.listen.send_timeout,
         };
+        let clients = metrics.clients();
+        let proxy_side = Builders::new(&limits, &config.listen.trusted_proxies, clients.clone());
         let mut tasks = serve(
             "proxy",
             proxy_listener,
             proxy.clone(),
             &stopped,
-            limits,
+            (limits, proxy_side),
             (workers.serving(), workers.first_serving()),
         );
         // The admin listener's few requests stay on worker 0, with the actors they ask.
@@ -255,7 +314,7 @@ impl Server {
             admin_listener,
             admin,
             &stopped,
-            limits,
+            (limits, Builders::new(&limits, &[], clients)),
             (&workers.handles()[..1], 0),
         ));
         tasks.push(tokio::spawn(upkeep(metrics, stopped)));
@@ -419,10 +478,10 @@ fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     stopped: &watch::Receiver<bool>,
-    limits: Limits,
+    (limits, builders): (Limits, Builders),
     (workers, first): (&[Handle], usize),
 ) -> Vec<JoinHandle<()>> {
-    let builders = Arc::new(Builders::new(&limits));
+    let builders = Arc::new(builders);
     let mut tasks = Vec::with_capacity(workers.len() + 1);
     let mut hands = Vec::with_capacity(workers.len());
     for (index, worker) in workers.iter().enumerate() {

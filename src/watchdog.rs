@@ -1,7 +1,8 @@
 //! Client connection timeouts: a connection that takes longer than `header_read_timeout` to send
 //! a request's header is closed (slowloris), and a keep-alive connection with no request for
 //! `idle_timeout` is closed gracefully. A connection with a request in flight is never cut, how
-//! long its request or response takes.
+//! long its request or response takes, unless its client stops reading: a write that has waited
+//! `send_timeout` for room in the socket closes it (nginx's `send_timeout`).
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, so it would close idle connections after the header timeout; these two need separate
@@ -43,6 +44,8 @@ pub enum Expired {
     Park,
     /// The client left while its request was in flight: close at once.
     ClientGone,
+    /// The client read none of its response for the send timeout: close at once.
+    Send,
 }
 
 /// What one client connection is doing, shared by its IO, its service and its watchdog.
@@ -57,6 +60,9 @@ struct State {
     started: AtomicU32,
     /// Being parked: a shutdown of the IO is a no-op.
     parking: AtomicBool,
+    /// Since when a write has waited for room in the socket, ns since `epoch` plus one; 0 when
+    /// none waits.
+    write_blocked: AtomicU64,
 }
 
 impl State {
@@ -84,6 +90,29 @@ impl State {
             self.enter(IDLE);
         }
     }
+
+    /// A write found no room in the socket.
+    fn write_blocked(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            self.write_blocked
+                .store(self.stamp() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A write went through.
+    fn wrote(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a write has waited for room at least `limit`.
+    fn write_stuck(&self, limit: Duration) -> bool {
+        match self.write_blocked.load(Ordering::Relaxed) {
+            0 => false,
+            since => self.stamp().saturating_sub(since - 1) >= limit.as_nanos() as u64,
+        }
+    }
 }
 
 /// The clocks of one client connection.
@@ -93,6 +122,7 @@ pub struct Watchdog {
     header: Duration,
     idle: Duration,
     park: Duration,
+    send: Duration,
 }
 
 impl Watchdog {
@@ -105,13 +135,32 @@ impl Watchdog {
             active: AtomicU32::new(0),
             started: AtomicU32::new(0),
             parking: AtomicBool::new(false),
+            write_blocked: AtomicU64::new(0),
         });
         Watchdog {
             state,
             header,
             idle,
             park: idle,
+            send: Duration::MAX,
         }
+    }
+
+    /// Also runs the send clock: a write waiting this long for room ends the connection
+    /// ([`Expired::Send`]). Without it, a client may read as slowly as it likes.
+    pub fn with_send(mut self, send: Duration) -> Watchdog {
+        self.send = send;
+        self
+    }
+
+    /// A write to the client found no room in the socket: the send clock starts, unless it runs.
+    pub fn write_blocked(&self) {
+        self.state.write_blocked();
+    }
+
+    /// A write to the client went through: the send clock stops.
+    pub fn wrote(&self) {
+        self.state.wrote();
     }
 
     /// Also runs the park clock: idle this long, [`Watchdog::expired`] says `Park` (when asked
@@ -183,6 +232,9 @@ impl Watchdog {
                         && self.state.started.load(Ordering::Relaxed) == request;
                     if same && gone() {
                         return Expired::ClientGone;
+                    }
+                    if self.state.write_stuck(self.send) {
+                        return Expired::Send;
                     }
                     continue;
                 }
@@ -262,7 +314,9 @@ impl<T: Write + Unpin> Write for WatchedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -285,7 +339,19 @@ impl<T: Write + Unpin> Write for WatchedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
+    }
+}
+
+impl<T> WatchedIo<T> {
+    /// Starts or stops the send clock after a write.
+    fn note_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.state.write_blocked(),
+            Poll::Ready(_) => self.state.wrote(),
+        }
     }
 }
 
@@ -336,6 +402,34 @@ mod tests {
             }
         }
         assert_eq!(asked.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_the_send_timeout_ends_a_request_in_flight() {
+        let w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(5))
+            .with_park(Duration::from_millis(20))
+            .with_send(Duration::from_millis(300));
+        let _guard = w.request();
+        let t0 = Instant::now();
+        let writes = async {
+            // Blocked for 200 ms, then room: no cut. Blocked again from 400 ms, for good.
+            w.write_blocked();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            w.wrote();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            w.write_blocked();
+            std::future::pending::<()>().await;
+        };
+        let kind = tokio::select! {
+            kind = w.expired(true, never) => kind,
+            () = writes => unreachable!(),
+        };
+        assert_eq!(kind, Expired::Send);
+        let at = t0.elapsed();
+        assert!(
+            at >= Duration::from_millis(700) && at <= Duration::from_millis(720),
+            "{at:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

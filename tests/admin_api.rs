@@ -293,3 +293,69 @@ async fn a_token_guards_every_admin_endpoint() {
     );
     server.shutdown().await;
 }
+
+/// An admin request with these extra headers, over a raw socket so that Host can be anything;
+/// the status.
+async fn raw_admin(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let answer = until_closed(&mut s).await;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_change_fulcrum_through_the_admin_listener() {
+    let bs = backends(2).await;
+    let mut cfg = one_upstream("round_robin", &bs[..1], &[], "");
+    cfg.admin.hosts = vec!["fulcrum.internal".to_string()];
+    let server = start(&cfg).await;
+    let a = server.admin_addr();
+    let add = "/admin/upstreams/web/backends";
+    let body = json!({"address": bs[1].addr().to_string()}).to_string();
+    let host = format!("Host: {a}\r\n");
+    let json_type = "Content-Type: application/json\r\n";
+    // A form a page can post across origins: not JSON.
+    let plain = format!("{host}Content-Type: text/plain\r\n");
+    assert_eq!(raw_admin(a, "POST", add, &plain, &body).await, 415);
+    assert_eq!(raw_admin(a, "POST", add, &host, &body).await, 415);
+    // From another origin, or a page's fetch across sites.
+    let evil = format!("{host}{json_type}Origin: http://evil.example\r\n");
+    assert_eq!(raw_admin(a, "POST", add, &evil, &body).await, 403);
+    let reload = format!("{host}Origin: http://evil.example\r\n");
+    assert_eq!(
+        raw_admin(a, "POST", "/admin/reload", &reload, "").await,
+        403
+    );
+    let fetched = format!("{host}{json_type}Sec-Fetch-Site: cross-site\r\n");
+    assert_eq!(raw_admin(a, "POST", add, &fetched, &body).await, 403);
+    // DNS rebinding: a name that is not the operator's, reads included.
+    let rebound = format!("Host: evil.example:{}\r\n{json_type}", a.port());
+    assert_eq!(raw_admin(a, "POST", add, &rebound, &body).await, 403);
+    assert_eq!(raw_admin(a, "GET", "/status", &rebound, "").await, 403);
+    assert_eq!(
+        pool_status(&server).await.backends.len(),
+        1,
+        "nothing added"
+    );
+    // What the operator's own tools send passes: an IP or localhost, or a configured name, the
+    // page's own origin, JSON.
+    let own = format!("{host}{json_type}Origin: http://{a}\r\n");
+    assert_eq!(
+        raw_admin(a, "GET", "/status", "Host: localhost\r\n", "").await,
+        200
+    );
+    let named = format!("Host: fulcrum.internal:{}\r\n", a.port());
+    assert_eq!(raw_admin(a, "GET", "/status", &named, "").await, 200);
+    assert_eq!(raw_admin(a, "POST", add, &own, &body).await, 201);
+    assert_eq!(pool_status(&server).await.backends.len(), 2);
+    server.shutdown().await;
+}

@@ -49,7 +49,12 @@ async fn the_demo_serves_and_prints_where_to_look() {
             assert!(line.trim_end().ends_with("/status"), "{line}");
             status = Some(url(&line));
         } else if line.trim_start().starts_with("drain:") {
-            // curl -s -X PUT http://ADMIN/admin/upstreams/demo/backends/SLOW/state -d '...'
+            // curl -s -X PUT http://ADMIN/admin/upstreams/demo/backends/SLOW/state
+            //   -H 'Content-Type: application/json' -d '...'
+            assert!(
+                line.contains("-H 'Content-Type: application/json'"),
+                "{line}"
+            );
             let url = line.split_whitespace().find(|w| w.starts_with("http://"));
             drain = url.map(str::to_string);
         } else if line.trim_start().starts_with("metrics:") {
@@ -89,6 +94,7 @@ async fn the_demo_serves_and_prints_where_to_look() {
 
     // The printed drain command works: the slow backend is switched to `drain`.
     let req = http::Request::put(drain.unwrap())
+        .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(
             r#"{"state": "drain"}"#,
         )))

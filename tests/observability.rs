@@ -300,10 +300,15 @@ async fn the_admin_and_proxy_listeners_serve_nothing_of_each_other() {
         assert!(!a.body.contains("fulcrum_"), "{path}: {}", a.body);
     }
     assert_eq!(bs[0].requests(), 2);
-    // On the admin listener, proxied paths and hosts reach no backend.
-    for (path, host) in [("/", None), ("/echo", None), ("/", Some("web.example.com"))] {
+    // On the admin listener, proxied paths and hosts reach no backend (a site's name is not
+    // one the admin listener answers to at all).
+    for (path, host, status) in [
+        ("/", None, 404),
+        ("/echo", None, 404),
+        ("/", Some("web.example.com"), 403),
+    ] {
         let a = get(&c, server.admin_addr(), path, host).await;
-        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.status, status, "{path}");
         assert_eq!(a.backend, None);
     }
     let a = get(&c, server.admin_addr(), "/metrics", None).await;

@@ -1,6 +1,7 @@
 //! The serde types of the config file, one struct per table, each field with its default.
 //! Field names are the contract of config.md; unknown keys are refused everywhere.
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,6 +42,19 @@ pub struct Listen {
     /// A client keep-alive connection with no request for this long is closed. Default `60s`.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// A client sending a request body may fall silent this long at most (nginx's
+    /// `client_body_timeout`); past it, `408` and the connection is closed. The whole body must
+    /// also arrive within the upstream's `timeouts.request`. Default `10s`.
+    #[serde(with = "duration_str")]
+    pub body_read_timeout: Duration,
+    /// A client that reads none of its response for this long is cut off (nginx's
+    /// `send_timeout`), so that it cannot hold a backend's body and its connection. Default
+    /// `30s`.
+    #[serde(with = "duration_str")]
+    pub send_timeout: Duration,
+    /// Peers whose `Forwarded` and `X-Real-IP` headers are believed and passed on (CIDRs, e.g.
+    /// `["10.0.0.0/8"]`); from any other peer they are removed. Default none.
+    pub trusted_proxies: Vec<IpNet>,
     /// Client connections served at once; past it, new connections wait in the kernel's
     /// accept queue (as HAProxy's `maxconn` does) until one closes. Default 10000.
     pub max_connections: usize,
@@ -62,6 +76,9 @@ impl Default for Listen {
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
@@ -80,6 +97,10 @@ pub struct Admin {
     /// When set, every admin request must carry `Authorization: Bearer <token>`. Required when
     /// `address` is not a loopback address. Default none.
     pub token: Option<String>,
+    /// Host names the admin listener answers to besides IP addresses and `localhost` (a
+    /// request naming any other is refused, so that a web page cannot reach it through DNS
+    /// rebinding). Default none.
+    pub hosts: Vec<String>,
 }
 
 impl Default for Admin {
@@ -87,6 +108,7 @@ impl Default for Admin {
         Admin {
             address: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -173,6 +195,11 @@ pub struct Upstream {
     /// sends the backend's own `host:port`. Default true.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// `Upgrade` protocols passed to the backends (compared without case or version); a
+    /// request asking for any other is served as a plain request, its `Upgrade` dropped.
+    /// Default `["websocket"]`.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
     /// `[[upstreams.backends]]`: at least one is required.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -195,6 +222,10 @@ pub struct Upstream {
 
 fn default_hosts() -> Vec<String> {
     vec!["*".to_string()]
+}
+
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_string()]
 }
 
 fn default_true() -> bool {
@@ -395,9 +426,15 @@ pub struct Timeouts {
     /// keep-alive timeout. Default `60s`.
     #[serde(with = "duration_str")]
     pub idle: Duration,
-    /// The whole request, retries included, to response headers. Default `30s`.
+    /// The whole request, retries included, to response headers; the client's body must
+    /// arrive within it too. Default `30s`.
     #[serde(with = "duration_str")]
     pub request: Duration,
+    /// A backend may fall silent this long at most in the middle of a response body (nginx's
+    /// `proxy_read_timeout`); past it the client's connection is cut and the backend charged
+    /// with a timeout. Default `60s`.
+    #[serde(with = "duration_str")]
+    pub read: Duration,
 }
 
 impl Default for Timeouts {
@@ -407,12 +444,19 @@ impl Default for Timeouts {
             response: Duration::from_secs(15),
             idle: Duration::from_secs(60),
             request: Duration::from_secs(30),
+            read: Duration::from_secs(60),
         }
     }
 }
 
-/// Durations as strings (`"250ms"`, `"2s"`, `"1m"`), parsed by humantime.
+/// The longest duration any key takes: no timeout or period here needs more than a day, and
+/// a longer one is a typo that would overflow the clock arithmetic of every request.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Durations as strings (`"250ms"`, `"2s"`, `"1m"`), parsed by humantime, at most
+/// [`MAX_DURATION`].
 mod duration_str {
+    use super::MAX_DURATION;
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -420,10 +464,16 @@ mod duration_str {
         let s = String::deserialize(d).map_err(|_| {
             serde::de::Error::custom("expected a duration string such as \"250ms\", \"2s\", \"1m\"")
         })?;
-        humantime::parse_duration(&s).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {s:?} ({e}); use a string such as \"250ms\", \"2s\", \"1m\""
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is longer than the most any key takes, 1 day"
+            )));
+        }
+        Ok(d)
     }
 }

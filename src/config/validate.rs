@@ -27,6 +27,8 @@ impl Config {
             self.listen.header_read_timeout,
         );
         errs.positive("listen.idle_timeout", self.listen.idle_timeout);
+        errs.positive("listen.body_read_timeout", self.listen.body_read_timeout);
+        errs.positive("listen.send_timeout", self.listen.send_timeout);
         if self.listen.max_connections == 0 {
             errs.push(
                 "listen.max_connections",
@@ -71,6 +73,18 @@ impl Config {
             ),
             None => {}
         }
+        for (i, h) in self.admin.hosts.iter().enumerate() {
+            if h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+            {
+                errs.push(
+                    &format!("admin.hosts[{i}]"),
+                    format!("{h:?} is not a host name (letters, digits, '-' and '.')"),
+                );
+            }
+        }
         if self.upstreams.is_empty() {
             errs.push(
                 "upstreams",
@@ -94,6 +108,13 @@ impl Config {
             Err(errs.0)
         }
     }
+}
+
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2), as an `Upgrade` protocol's name is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[derive(Default)]
@@ -262,6 +283,15 @@ fn validate_upstream(at: &str, up: &Upstream, errs: &mut Errors) {
     errs.positive(&format!("{tat}.response"), t.response);
     errs.positive(&format!("{tat}.idle"), t.idle);
     errs.positive(&format!("{tat}.request"), t.request);
+    errs.positive(&format!("{tat}.read"), t.read);
+    for (j, p) in up.upgrades.iter().enumerate() {
+        if !is_token(p) {
+            errs.push(
+                &format!("{at}.upgrades[{j}]"),
+                format!("{p:?} is not a protocol name such as \"websocket\""),
+            );
+        }
+    }
 }
 
 fn validate_backend(at: &str, b: &BackendConfig, seen: &mut HashSet<String>, errs: &mut Errors) {

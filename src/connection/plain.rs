@@ -11,12 +11,13 @@
 //! watchdog's clocks, the client-gone check and the graceful stop run here as they do around
 //! hyper's connection.
 
-use super::{client_gone, ended_from_outside, Serve};
+use super::{caught, client_gone, ended_from_outside, Serve};
 use crate::proxy::body::BoxError;
 use crate::race::{race, Won};
 use crate::server::{ClientBody, Handler};
 use crate::spare;
-use crate::watchdog::Expired;
+use crate::telemetry::metrics::ClientTimeout;
+use crate::watchdog::{Expired, Watchdog};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{
@@ -86,7 +87,16 @@ pub(super) async fn run<H: Handler>(
             tracing::debug!(client = %serve.client.addr(), "client left with its request in flight; closing");
             Ended::Close
         }
-        Won::Side(Some(Expired::Header | Expired::Idle)) => Ended::Close,
+        Won::Side(Some(Expired::Send)) => {
+            serve.clients.timeout(ClientTimeout::Send);
+            tracing::debug!(client = %serve.client.addr(), "client read none of its response for the send timeout; closing");
+            Ended::Close
+        }
+        Won::Side(Some(Expired::Header)) => {
+            serve.clients.timeout(ClientTimeout::Header);
+            Ended::Close
+        }
+        Won::Side(Some(Expired::Idle)) => Ended::Close,
         // The server stops: the request in flight finishes, with `Connection: close`.
         Won::Side(None) if watchdog.in_flight() => {
             closing.store(true, Ordering::Relaxed);
@@ -131,9 +141,11 @@ async fn requests<H: Handler>(
         rest.advance(len);
         let head_request = request.method() == Method::HEAD;
         let guard = serve.watchdog.request_here();
-        let response = serve.handler.handle(request, serve.client.clone()).await;
+        let client = serve.client.clone();
+        let response = caught::answer(&*serve.handler, request, client, &serve.clients).await;
         let close = close || closing.load(Ordering::Relaxed);
-        let kept = match respond(stream, &mut out, response, head_request, close).await {
+        let watchdog = &serve.watchdog;
+        let kept = match respond(stream, watchdog, &mut out, response, head_request, close).await {
             Ok(kept) => kept,
             Err(e) => {
                 tracing::debug!(error = %e, client = %serve.client.addr(), "response to the client cut short");
@@ -197,7 +209,7 @@ fn read(stream: &TcpStream, heads: &mut BytesMut) -> Got {
 /// The plain request at the start of `input`: the request (its head and body shared with
 /// `input`), whether the client asked to close, and how many bytes it took. `None` when the
 /// request is not plain, is not whole, or is not well-formed: hyper's to read.
-fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, usize)> {
+pub fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, usize)> {
     // Uninitialised slots: zeroing them for every request costs more than parsing.
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -214,6 +226,7 @@ fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, us
     }
     let mut close = false;
     let mut length: Option<usize> = None;
+    let mut lengths = 0;
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -226,6 +239,7 @@ fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, us
                 return None;
             }
             length = Some(n);
+            lengths += 1;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -253,6 +267,10 @@ fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, us
     let mut headers = spare::header_map(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        // Equal lengths said twice are one length, as hyper reads them.
+        if lengths > 1 && name == CONTENT_LENGTH && headers.contains_key(CONTENT_LENGTH) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(at(h.value)).ok()?;
         headers.append(name, value);
     }
@@ -277,6 +295,7 @@ enum Framing {
 /// Errors are the client's socket's or the body's: the connection is closed.
 async fn respond<B>(
     stream: &TcpStream,
+    watchdog: &Watchdog,
     out: &mut Vec<u8>,
     response: Response<B>,
     head_request: bool,
@@ -307,21 +326,21 @@ where
         {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                flush(stream, out).await?;
+                flush(stream, watchdog, out).await?;
                 body.frame().await
             }
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(io::Error::other)?;
         match frame.into_data() {
-            Ok(data) => gather(stream, out, &mut framing, data).await?,
+            Ok(data) => gather(stream, watchdog, out, &mut framing, data).await?,
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
     match framing {
         Framing::Length(left) if left > 0 => {
             // The body ended short of its length: the client sees the connection close.
-            write_all(stream, out).await?;
+            write_all(stream, watchdog, out).await?;
             return Ok(false);
         }
         Framing::Chunked => {
@@ -333,7 +352,7 @@ where
         }
         Framing::None | Framing::Length(_) => {}
     }
-    write_all(stream, out).await?;
+    write_all(stream, watchdog, out).await?;
     Ok(keep)
 }
 
@@ -431,6 +450,7 @@ fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
 /// for the next response.
 async fn gather(
     stream: &TcpStream,
+    watchdog: &Watchdog,
     out: &mut Vec<u8>,
     framing: &mut Framing,
     data: Bytes,
@@ -444,7 +464,7 @@ async fn gather(
             if data.len() as u64 > *left {
                 let fits = usize::try_from(*left).unwrap_or(usize::MAX);
                 out.extend_from_slice(&data[..fits]);
-                write_all(stream, out).await?;
+                write_all(stream, watchdog, out).await?;
                 return Err(io::Error::other(
                     "the response body is longer than its length",
                 ));
@@ -458,34 +478,38 @@ async fn gather(
     if out.len() + data.len() <= GATHER_BYTES {
         out.extend_from_slice(&data);
     } else {
-        flush(stream, out).await?;
-        write_all(stream, &data).await?;
+        flush(stream, watchdog, out).await?;
+        write_all(stream, watchdog, &data).await?;
     }
     if matches!(framing, Framing::Chunked) {
         out.extend_from_slice(b"\r\n");
     }
     if out.len() >= GATHER_BYTES {
-        flush(stream, out).await?;
+        flush(stream, watchdog, out).await?;
     }
     Ok(())
 }
 
 /// Writes what has gathered in `out` to the client, and empties it.
-async fn flush(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    write_all(stream, out).await?;
+async fn flush(stream: &TcpStream, watchdog: &Watchdog, out: &mut Vec<u8>) -> io::Result<()> {
+    write_all(stream, watchdog, out).await?;
     out.clear();
     Ok(())
 }
 
 /// Writes all of `buf` to the client. Through a shared reference to the socket, not tokio's
-/// `write_all`: the watchdog's client-gone check peeks the same socket meanwhile.
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+/// `write_all`: the watchdog's client-gone check peeks the same socket meanwhile. A write that
+/// finds no room starts the watchdog's send clock; one that goes through stops it.
+async fn write_all(stream: &TcpStream, watchdog: &Watchdog, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         stream.writable().await?;
         match stream.try_write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(n) => {
+                buf = &buf[n..];
+                watchdog.wrote();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => watchdog.write_blocked(),
             Err(e) => return Err(e),
         }
     }

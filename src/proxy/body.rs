@@ -1,9 +1,10 @@
 //! Body types of the proxy: one boxed body for everything it sends and for its own answers, the
 //! client's answer (a backend's body as it is, or a boxed one), a response body that holds the
-//! backend's lease until the last byte is out, and short plain-text answers.
+//! backend's lease until the last byte is out (and charges the backend when its body fails),
+//! and short plain-text answers.
 
-use super::forward::PooledBody;
-use crate::pool::Lease;
+use super::forward::{BodyError, PooledBody};
+use crate::pool::{Lease, Outcome};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -11,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 
 /// Any error a body may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -100,8 +102,61 @@ impl<B, T> HoldBody<B, T> {
     }
 }
 
-/// A backend's response body holding its lease.
-pub type LeasedBody = HoldBody<PooledBody, Lease>;
+/// A backend's response body holding its lease until its end. A body that fails mid-way (the
+/// backend fell silent or broke off) is reported against the backend as a second outcome of
+/// its try: the head's success said nothing of the body.
+pub struct LeasedBody {
+    inner: PooledBody,
+    lease: Option<Lease>,
+    /// When the try began, for the failure's latency.
+    started: Instant,
+}
+
+impl LeasedBody {
+    /// `inner`, holding `lease`, of a try begun at `started`.
+    pub fn new(inner: PooledBody, lease: Lease, started: Instant) -> LeasedBody {
+        LeasedBody {
+            inner,
+            lease: Some(lease),
+            started,
+        }
+    }
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.lease = None,
+            Poll::Ready(Some(Err(e))) => {
+                if let (Some(lease), Some(failure)) =
+                    (self.lease.take(), e.downcast_ref::<BodyError>())
+                {
+                    let now = Instant::now();
+                    let latency = now.saturating_duration_since(self.started);
+                    let kind = failure.outcome();
+                    lease.report(Outcome { kind, latency }, now);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl<B, T> Body for HoldBody<B, T>
 where

@@ -1,8 +1,9 @@
 //! Sending one try of a request to one backend, over fulcrum's own keep-alive connections: one
 //! idle list per backend (its own short lock, never one for all backends), connections made
 //! within the connect timeout, returned to their list the moment the response's last byte is
-//! read, and closed after `timeouts.idle` unused. Also the response timeout to headers, and the
-//! classification of failures into the kinds the breaker and the EWMA understand.
+//! read, and closed after `timeouts.idle` unused. Also the response timeout to headers, the read
+//! timeout between a body's reads (`timeouts.read`), and the classification of failures into the
+//! kinds the breaker and the EWMA understand.
 //!
 //! A request whose body is known whole (every request but a large upload) and that asks for no
 //! upgrade is written and its response read in the request's own task, by [`super::h1`], on a
@@ -15,9 +16,10 @@
 //! proxy pays on every request.
 
 use super::body::{BoxError, ProxyBody};
+use super::body_timeout::BodyTimeout;
 use super::h1::{self, Decoded, Framing, Head, WireError};
 use super::headers::Added;
-use super::replay::TryBody;
+use super::replay::{client_fault, ClientFault, TryBody};
 use crate::config::Timeouts;
 use crate::policy::retry::{idempotent, Failure};
 use crate::pool::OutcomeKind;
@@ -31,8 +33,9 @@ use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,9 +62,30 @@ pub enum TryError {
 pub enum SendError {
     /// The try failed: the backend's doing, as far as anyone can tell.
     Try(TryError),
-    /// The client's body outgrew `listen.max_body_bytes` while it streamed: not the backend's
-    /// doing.
-    BodyLimit,
+    /// The client's body failed while it streamed (too large, broken, too slow): not the
+    /// backend's doing.
+    Client(ClientFault),
+}
+
+/// How a backend's response body failed after its head was passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Silent for `timeouts.read` mid-body.
+    #[error("the backend fell silent mid-body")]
+    Stalled,
+    /// Closed mid-body, or malformed.
+    #[error("the backend's body broke off: {0}")]
+    Broken(BoxError),
+}
+
+impl BodyError {
+    /// The outcome this failure is reported as.
+    pub fn outcome(&self) -> OutcomeKind {
+        match self {
+            BodyError::Stalled => OutcomeKind::Timeout,
+            BodyError::Broken(_) => OutcomeKind::Reset,
+        }
+    }
 }
 
 impl TryError {
@@ -127,6 +151,7 @@ pub struct Forwarder {
 struct Shared {
     connect_timeout: Duration,
     idle_timeout: Duration,
+    read_timeout: Duration,
     /// Written only when a backend is first used; every other request takes the read lock.
     /// Keyed by the backend's authority, hashed with foldhash: the keys come from the config,
     /// not from clients, and SipHash's resistance to chosen keys cost two thirds of the lookup
@@ -142,17 +167,20 @@ struct Conn {
 }
 
 impl Conn {
-    /// Whether the backend has not closed it. Asks the reactor, not the socket: a connection
-    /// whose last read drained it has no readiness, so the common case costs no syscall.
+    /// Whether the backend has not closed it and sent nothing since its last response. The
+    /// reactor is asked first (a connection whose last read drained it has no readiness); then
+    /// the socket itself, with a peek: the reactor learns of bytes that arrived since its last
+    /// poll only at its next, and a connection with bytes nobody asked for (a backend's answer
+    /// after a bodiless response, say) must never carry the next request, whose client would
+    /// get them.
     fn is_open(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
-            // Readable between responses: a close, or bytes nobody asked for; either way,
-            // unusable, unless the readiness was stale.
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
+            // Readable, or not known to be: a close, or bytes; either way unusable, unless
+            // there is nothing there after all.
+            _ => matches!(
+                socket2::SockRef::from(&self.stream).peek(&mut [std::mem::MaybeUninit::uninit(); 1]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
             ),
         }
@@ -247,6 +275,7 @@ impl Forwarder {
         let shared = Arc::new(Shared {
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.idle,
+            read_timeout: timeouts.read,
             backends: RwLock::new(HashMap::default()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -260,6 +289,10 @@ impl Forwarder {
     /// goes again on the next connection when that is safe: when none of it could be written,
     /// or when the method is idempotent and not a byte of answer came.
     ///
+    /// While a streamed body is still coming from the client the response clock is held (the
+    /// backend cannot be late answering a request it does not have whole; the body's own
+    /// clock bounds the client): it runs again from the body's end.
+    ///
     /// `now` is the caller's reading of the clock, taken for the try anyway: reading it again
     /// here cost a visible share of the request path's CPU.
     pub async fn send(
@@ -271,6 +304,10 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
         let tunnel = head.headers.contains_key(header::UPGRADE) || *head.method == Method::CONNECT;
+        let streaming = match &body {
+            TryBody::Stream(_, ended) => Some(ended.clone()),
+            TryBody::Whole(_) => None,
+        };
         // Pinned where they are and polled side by side, rather than `timeout_at(.., work)`:
         // that moved the exchange's future into the `Timeout` and the `Timeout` into this
         // future's state, some 2.7 KiB copied per try.
@@ -287,15 +324,18 @@ impl Forwarder {
             }
         });
         let mut timer = std::pin::pin!(tokio::time::sleep_until(now + timeout));
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| loop {
             // The exchange first: an answer that is in when the timer fires still counts.
             if let Poll::Ready(result) = work.as_mut().poll(cx) {
                 return Poll::Ready(result);
             }
-            timer
-                .as_mut()
-                .poll(cx)
-                .map(|()| Err(SendError::Try(TryError::Timeout)))
+            ready!(timer.as_mut().poll(cx));
+            match &streaming {
+                Some(ended) if !ended.load(Ordering::Relaxed) => {
+                    timer.as_mut().reset(Instant::now() + timeout);
+                }
+                _ => return Poll::Ready(Err(SendError::Try(TryError::Timeout))),
+            }
         })
         .await
     }
@@ -377,7 +417,8 @@ impl Forwarder {
                     framing,
                     keep_alive,
                 }) => {
-                    let body = PooledBody::wire(conn, framing, keep_alive, list.clone());
+                    let clock = BodyTimeout::new(self.shared.read_timeout);
+                    let body = PooledBody::wire(conn, framing, keep_alive, list.clone(), clock);
                     return Ok(response.map(|()| body));
                 }
                 // A keep-alive connection the backend closed as the request went out: it was
@@ -406,9 +447,11 @@ impl Forwarder {
             }
         });
         match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(PooledBody::hyper)),
-            Err(e) if super::replay::is_body_limit(&e) => Err(SendError::BodyLimit),
-            Err(_) => Err(RESET),
+            Ok(resp) => {
+                let clock = BodyTimeout::new(self.shared.read_timeout);
+                Ok(resp.map(|b| PooledBody::hyper(b, clock)))
+            }
+            Err(e) => Err(client_fault(&e).map_or(RESET, SendError::Client)),
         }
     }
 
@@ -479,9 +522,11 @@ async fn reap(shared: Weak<Shared>) {
 
 /// A backend's response body. Read from a pooled connection, the connection goes back to its
 /// idle list once the last byte is read; a body dropped before its end takes the connection
-/// with it. Read by hyper, the connection is used once.
+/// with it. Read by hyper, the connection is used once. Either way a silence of
+/// `timeouts.read` mid-body ends it; every error it ends with is a [`BodyError`].
 pub struct PooledBody {
     inner: Inner,
+    clock: BodyTimeout,
 }
 
 enum Inner {
@@ -508,7 +553,10 @@ impl Wire {
         }
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -527,7 +575,7 @@ impl Wire {
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(BodyError::Broken(e.into()))));
                 }
             }
             conn.buf.reserve(READ_CHUNK);
@@ -539,12 +587,13 @@ impl Wire {
                 }
                 Poll::Ready(Ok(0)) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err("backend closed the connection mid-body".into())));
+                    let e = "backend closed the connection mid-body".into();
+                    return Poll::Ready(Some(Err(BodyError::Broken(e))));
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(BodyError::Broken(e.into()))));
                 }
             }
         }
@@ -564,7 +613,13 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
-    fn wire(conn: Conn, framing: Framing, keep_alive: bool, list: Arc<IdleList>) -> PooledBody {
+    fn wire(
+        conn: Conn,
+        framing: Framing,
+        keep_alive: bool,
+        list: Arc<IdleList>,
+        clock: BodyTimeout,
+    ) -> PooledBody {
         let mut wire = Wire {
             conn: Some(conn),
             framing,
@@ -577,12 +632,14 @@ impl PooledBody {
         }
         PooledBody {
             inner: Inner::Wire(wire),
+            clock,
         }
     }
 
-    fn hyper(body: Incoming) -> PooledBody {
+    fn hyper(body: Incoming, clock: BodyTimeout) -> PooledBody {
         PooledBody {
             inner: Inner::Hyper(body),
+            clock,
         }
     }
 }
@@ -595,12 +652,21 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.inner {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
             Inner::Wire(w) => w.poll_frame(cx),
             Inner::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+                .map(|f| f.map(|r| r.map_err(|e| BodyError::Broken(e.into())))),
+        };
+        if this.clock.poll_silence(polled.is_pending(), cx).is_ready() {
+            // The connection goes with the body: it is mid-response.
+            if let Inner::Wire(w) = &mut this.inner {
+                w.conn = None;
+            }
+            return Poll::Ready(Some(Err(BodyError::Stalled.into())));
         }
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -650,6 +716,7 @@ mod tests {
             None,
             None,
             HeaderValue::from_static("test"),
+            false,
         );
         let head = TryHead {
             method: &parts.method,
@@ -918,7 +985,7 @@ mod tests {
             let body = super::super::body::boxed(Empty::<Bytes>::new());
             let req = Request::get("/")
                 .header("host", "test")
-                .body(TryBody::Stream(body))
+                .body(TryBody::Stream(body, Default::default()))
                 .unwrap();
             let resp = send(&f, addr, req, Duration::from_secs(5)).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();

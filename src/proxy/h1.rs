@@ -155,11 +155,14 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             // would frame the client's copy wrongly.
             headers.remove(CONTENT_LENGTH);
         }
-        // A switched connection is the tunnel's, never another request's.
+        // A switched connection is the tunnel's, never another request's. A 204 that declares
+        // a body (RFC 9110 §15.3.5 forbids it) may well send one after it: those bytes would
+        // be the next request's answer.
         let keep_alive = version == Version::HTTP_11
             && status != StatusCode::SWITCHING_PROTOCOLS
             && !matches!(framing, Framing::Close)
-            && !(seen.connection && super::headers::lists(&headers, CONNECTION, "close"));
+            && !(seen.connection && super::headers::lists(&headers, CONNECTION, "close"))
+            && !(status == StatusCode::NO_CONTENT && declares_body(&headers, seen));
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -170,6 +173,16 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<H
             keep_alive,
         }));
     }
+}
+
+/// Whether the headers announce a body: a coding, or a length other than 0.
+fn declares_body(headers: &HeaderMap, seen: Seen) -> bool {
+    seen.transfer_encoding
+        || (seen.content_length
+            && headers
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes() != b"0"))
 }
 
 /// Which of the headers that frame a response and end its connection it carries.
@@ -359,14 +372,24 @@ impl Chunked {
                     let Some(line) = take_line(buf)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    // The size, then optional extensions after ';', which are ignored.
-                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let digits = digits.trim_ascii();
-                    if digits.is_empty() || digits.len() > 15 {
+                    // Hex digits and nothing else (RFC 9112 §7.1: no sign, no leading space),
+                    // then optional extensions after ';' (with the spaces or tabs allowed
+                    // before it), which are ignored.
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let end = size
+                        .iter()
+                        .rposition(|&b| b != b' ' && b != b'\t')
+                        .map_or(0, |i| i + 1);
+                    let digits = &size[..end];
+                    if digits.is_empty()
+                        || digits.len() > 15
+                        || !digits.iter().all(u8::is_ascii_hexdigit)
+                    {
                         return Err(WireError::Malformed);
                     }
-                    let text = std::str::from_utf8(digits).map_err(|_| WireError::Malformed)?;
-                    self.left = u64::from_str_radix(text, 16).map_err(|_| WireError::Malformed)?;
+                    self.left = digits.iter().fold(0u64, |n, &d| {
+                        n << 4 | u64::from(char::from(d).to_digit(16).unwrap_or(0))
+                    });
                     self.state = if self.left == 0 {
                         ChunkState::Trailers
                     } else {
@@ -609,6 +632,31 @@ mod tests {
     }
 
     #[test]
+    fn a_204_that_declares_a_body_ends_its_connection() {
+        let f = |t: &str| head(t).0.keep_alive;
+        assert!(f("HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(f("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!f("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!f(
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        // A 304's length is the representation's, as RFC 9110 allows: no body follows it.
+        assert!(f("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_chunk_size_may_be_followed_by_spaces_and_an_extension() {
+        let chunked = Framing::Chunked(Chunked::default());
+        for wire in [
+            &b"5 ;x=1\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\t \r\nhello\r\n0\r\n\r\n",
+        ] {
+            let (body, ended) = unframe(chunked.clone(), wire, 64).unwrap();
+            assert_eq!((body.as_slice(), ended), (&b"hello"[..], true));
+        }
+    }
+
+    #[test]
     fn bodies_are_unframed_however_the_bytes_are_split() {
         let chunked = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
         for step in 1..=chunked.len() {
@@ -643,6 +691,10 @@ mod tests {
             b"5\r\nhelloXX",
             b"\r\n",
             b"10000000000000000\r\n",
+            b"+5\r\nhello\r\n",
+            b" 5\r\nhello\r\n",
+            b"-5\r\nhello\r\n",
+            b"0x5\r\nhello\r\n",
         ] {
             assert!(
                 unframe(Framing::Chunked(Chunked::default()), bad, 64).is_err(),

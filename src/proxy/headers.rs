@@ -1,11 +1,12 @@
 //! Header rewriting between client and backend: hop-by-hop headers (RFC 9110 §7.6.1, plus those
 //! the `Connection` header names) are dropped both ways; `X-Forwarded-For`, `-Proto` and `-Host`
 //! and `X-Request-Id` are set on the way in, beside the client's map ([`Added`]); `Via` is
-//! appended both ways.
+//! appended both ways. `Forwarded` and `X-Real-IP` pass only from a trusted proxy
+//! (`listen.trusted_proxies`): from anyone else they would be a client's word about itself.
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use std::net::IpAddr;
 
@@ -14,6 +15,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static REQUEST_ID: HeaderName = crate::telemetry::access::REQUEST_ID;
 
 /// Whether `name` is hop-by-hop: it describes one connection and must not be forwarded.
@@ -102,9 +104,11 @@ impl Added {
     }
 }
 
-/// Whether `name` is one of the headers [`Added`] writes.
+/// Whether `name` is one of the headers [`Added`] writes, or one only a trusted proxy may send.
 fn is_added(name: &HeaderName) -> bool {
     name == VIA
+        || name == FORWARDED
+        || name == X_REAL_IP
         || name == X_FORWARDED_FOR
         || name == X_FORWARDED_PROTO
         || name == X_FORWARDED_HOST
@@ -123,6 +127,7 @@ pub fn forward_request(
     host: Option<&HeaderValue>,
     via: Option<HeaderValue>,
     request_id: HeaderValue,
+    trusted: bool,
 ) -> Added {
     // One pass over the names; most requests carry none of these, and then nothing is hashed.
     let (mut hop, mut ours) = (false, false);
@@ -160,6 +165,10 @@ pub fn forward_request(
         }
         if added.via.is_some() {
             headers.remove(&VIA);
+        }
+        if !trusted {
+            headers.remove(FORWARDED);
+            headers.remove(&X_REAL_IP);
         }
     }
     added
@@ -332,6 +341,7 @@ mod tests {
             host.as_ref(),
             via.then(|| HeaderValue::from_static("1.1 fulcrum")),
             HeaderValue::from_static("id-1"),
+            false,
         )
     }
 

@@ -10,6 +10,7 @@
 //! swaps them whole while requests in flight finish on the generation they started with.
 
 pub mod body;
+pub mod body_timeout;
 pub mod forward;
 pub mod h1;
 pub mod headers;
@@ -24,13 +25,13 @@ use crate::policy::retry::{Failure, NoRetry, RetryPolicy};
 use crate::pool::{Lease, NoBackend, Outcome, OutcomeKind, Pool, PoolMsg};
 use crate::server::{ClientBody, Peer};
 use crate::telemetry::access::{self, Access};
-use crate::telemetry::metrics::{Metrics, UpstreamMetrics};
+use crate::telemetry::metrics::{ClientMetrics, ClientTimeout, Metrics, UpstreamMetrics};
 use arc_swap::ArcSwap;
 use body::{boxed, text, AnswerBody, HoldBody, LeasedBody, ProxyBody};
 use forward::{Forwarder, SendError, TryError, TryHead};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Empty, Limited};
-use replay::RequestBody;
+use replay::{ClientFault, RequestBody};
 use route::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ struct UpstreamHandle {
     retry: RetryPolicy,
     replay_limit: u64,
     preserve_host: bool,
+    /// `upgrades`, lowercase.
+    upgrades: Box<[Box<str>]>,
 }
 
 /// What the proxy takes from `[listen]`: fixed until a restart, as the listener is.
@@ -73,6 +76,7 @@ pub struct Proxy {
     front: Front,
     routes: ArcSwap<Routes>,
     metrics: Metrics,
+    clients: Arc<ClientMetrics>,
     tunnels: Tunnels,
 }
 
@@ -153,6 +157,11 @@ impl Routes {
                     retry: RetryPolicy::new(&u.retry),
                     replay_limit: u.retry.replay_body_limit,
                     preserve_host: u.preserve_host,
+                    upgrades: u
+                        .upgrades
+                        .iter()
+                        .map(|p| p.to_ascii_lowercase().into_boxed_str())
+                        .collect(),
                 })
             })
             .collect();
@@ -176,6 +185,7 @@ impl Proxy {
             },
             routes: ArcSwap::from_pointee(Routes::new(config, pools, metrics, None)),
             metrics: metrics.clone(),
+            clients: metrics.clients(),
             tunnels: Tunnels::default(),
         }
     }
@@ -226,7 +236,10 @@ impl Proxy {
             if max_body > 0 && declared_length(req.headers()).is_some_and(|n| n > max_body) {
                 break 'serve body_too_large(max_body);
             }
-            let host = request_host(&req);
+            let host = match request_host(&req) {
+                Ok(host) => host,
+                Err(reason) => break 'serve closing(own(text(StatusCode::BAD_REQUEST, reason))),
+            };
             let host_text = host.as_ref().and_then(|h| h.to_str().ok());
             let Some(index) = routes.router.route(host_text, req.uri().path()) else {
                 break 'serve own(text(
@@ -236,16 +249,23 @@ impl Proxy {
             };
             let upstream = &routes.upstreams[index];
             entry.routed(&upstream.name, upstream.metrics.clone());
-            let (protocol, mut client_upgrade) = upgrade.unzip();
+            // An upgrade the upstream does not allow is dropped: the request goes as a plain one.
+            let (protocol, mut client_upgrade) = upgrade
+                .filter(|(p, _)| upgrade::allowed(p, &upstream.upgrades))
+                .unzip();
             let request_id = entry.request_id().clone();
-            let (template, body) = prepare(
+            let (template, mut body) = prepare(
                 req,
-                client.ip().clone(),
+                &client,
                 host.as_ref(),
                 self.front.via,
                 protocol,
                 request_id,
             );
+            // From the request's arrival, as the access entry has it: the clock is read once for
+            // both. The client's body must be in by then too.
+            let deadline = entry.started() + upstream.timeouts.request;
+            body.set_deadline(deadline);
             let limit = if max_body > 0 {
                 usize::try_from(max_body).unwrap_or(usize::MAX)
             } else {
@@ -259,13 +279,11 @@ impl Proxy {
             .await
             {
                 Ok(b) => b,
-                Err(e) if replay::is_body_limit(&*e) => break 'serve body_too_large(max_body),
-                Err(_) => {
-                    break 'serve own(text(StatusCode::BAD_REQUEST, "request body ended abruptly"))
+                Err(e) => {
+                    let fault = replay::client_fault(&*e).unwrap_or(ClientFault::Broken);
+                    break 'serve self.client_fault(fault, max_body);
                 }
             };
-            // From the request's arrival, as the access entry has it: the clock is read once for both.
-            let deadline = entry.started() + upstream.timeouts.request;
             let key = client_key(client.addr());
             // The backends tried, for the next pick to avoid: filled only when a retry follows, so
             // that a request answered at its first try allocates nothing for it.
@@ -357,17 +375,18 @@ impl Proxy {
                                 )),
                             };
                         }
-                        let resp = resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease)));
+                        let resp =
+                            resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease, started)));
                         if !failed {
                             break 'serve resp;
                         }
                         last = Some(LastFailure::Response(Box::new(resp)));
                         Failure::Status(status)
                     }
-                    Err(SendError::BodyLimit) => {
-                        // The client's body outgrew the limit while streaming: the backend did
-                        // nothing wrong, so nothing is reported against it.
-                        break 'serve body_too_large(max_body);
+                    Err(SendError::Client(fault)) => {
+                        // The client's body failed while streaming: the backend did nothing
+                        // wrong, so nothing is reported against it.
+                        break 'serve self.client_fault(fault, max_body);
                     }
                     Err(SendError::Try(e)) => {
                         lease.report(
@@ -406,6 +425,34 @@ impl Proxy {
         resp.headers_mut().insert(access::REQUEST_ID, id);
         resp.map(|b| HoldBody::new(b, entry))
     }
+}
+
+impl Proxy {
+    /// The answer to a request whose body failed through the client's doing; the connection
+    /// closes after it, as what is left of the body cannot be told from a next request.
+    fn client_fault(&self, fault: ClientFault, max_body: u64) -> Response<AnswerBody> {
+        closing(match fault {
+            ClientFault::TooLarge => body_too_large(max_body),
+            ClientFault::Broken => own(text(
+                StatusCode::BAD_REQUEST,
+                "the request body broke off or was malformed",
+            )),
+            ClientFault::Slow => {
+                self.clients.timeout(ClientTimeout::Body);
+                own(text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ))
+            }
+        })
+    }
+}
+
+/// `resp`, saying that the connection closes after it.
+fn closing(mut resp: Response<AnswerBody>) -> Response<AnswerBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The request's `Content-Length`, when it declares a usable one.
@@ -516,17 +563,23 @@ fn origin_form(uri: Uri) -> Uri {
 }
 
 /// The host the client asked for: the Host header, or the HTTP/2 `:authority`. A value, not a
-/// string: cloning it shares the parsed bytes.
-fn request_host(req: &Request<ClientBody>) -> Option<HeaderValue> {
-    req.headers()
-        .get(header::HOST)
-        .filter(|h| h.to_str().is_ok())
-        .cloned()
-        .or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        })
+/// string: cloning it shares the parsed bytes. Two Host headers, or an HTTP/1.1 request
+/// without one, are refused (RFC 9112 §3.2): which host such a request means depends on who
+/// reads it.
+fn request_host(req: &Request<ClientBody>) -> Result<Option<HeaderValue>, &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if first.is_none() && req.version() == Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header");
+    }
+    Ok(first.filter(|h| h.to_str().is_ok()).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    }))
 }
 
 /// Rewrites a client request into what every try sends (HTTP/1.1, hop-by-hop headers dropped
@@ -534,7 +587,7 @@ fn request_host(req: &Request<ClientBody>) -> Option<HeaderValue> {
 /// kept), and hands back its body.
 fn prepare(
     req: Request<ClientBody>,
-    client: HeaderValue,
+    client: &Peer,
     host: Option<&HeaderValue>,
     add_via: bool,
     upgrade: Option<HeaderValue>,
@@ -542,7 +595,15 @@ fn prepare(
 ) -> (TryTemplate, ClientBody) {
     let (mut parts, body) = req.into_parts();
     let hop = add_via.then(|| via(parts.version));
-    let added = headers::forward_request(&mut parts.headers, client, "http", host, hop, request_id);
+    let added = headers::forward_request(
+        &mut parts.headers,
+        client.ip().clone(),
+        "http",
+        host,
+        hop,
+        request_id,
+        client.trusted(),
+    );
     if let Some(p) = upgrade {
         upgrade::restore(&mut parts.headers, p);
     }

@@ -5,30 +5,49 @@
 //!
 //! The client's body arrives as a [`LimitedBody`]: counted against `listen.max_body_bytes`, so
 //! that a body found too large while reading ahead or while streaming ends in a
-//! [`LengthLimitError`] the proxy answers with 413.
+//! [`LengthLimitError`]. [`client_fault`] tells that, and the client's other body failures,
+//! from a backend's: the proxy answers them 413, 400 or 408 and charges no backend.
 
 use super::body::{boxed, BoxError, ProxyBody};
-use crate::server::ClientBody;
+use crate::server::{ClientBody, ClientBodyError};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The client's request body, counted against the body size limit.
 pub type LimitedBody = Limited<ClientBody>;
 
-/// Whether `err`, or an error it wraps, is the body size limit's.
-pub fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+/// A request that failed through its client's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Larger than `listen.max_body_bytes`: 413.
+    TooLarge,
+    /// Malformed, or broken off by the client: 400.
+    Broken,
+    /// Too slow (`listen.body_read_timeout`, or the request's deadline): 408.
+    Slow,
+}
+
+/// The client's fault that `err`, or an error it wraps, is; `None` when it is not the client's.
+pub fn client_fault(err: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
     let mut cause = Some(err);
     while let Some(e) = cause {
         if e.is::<LengthLimitError>() {
-            return true;
+            return Some(ClientFault::TooLarge);
+        }
+        match e.downcast_ref::<ClientBodyError>() {
+            Some(ClientBodyError::Timeout) => return Some(ClientFault::Slow),
+            Some(ClientBodyError::Broken(_)) => return Some(ClientFault::Broken),
+            None => {}
         }
         cause = e.source();
     }
-    false
+    None
 }
 
 /// A request body, as far as retries are concerned.
@@ -40,8 +59,8 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// Reads ahead up to `limit` bytes of `body`. Fails when the client's body breaks or
-    /// outgrows the body size limit ([`is_body_limit`]).
+    /// Reads ahead up to `limit` bytes of `body`. Fails when the client's body breaks, is too
+    /// slow or outgrows the body size limit ([`client_fault`]).
     pub async fn prepare(
         mut body: LimitedBody,
         headers: &HeaderMap,
@@ -73,6 +92,7 @@ impl RequestBody {
         RequestBody::OneShot(Some(PrefixedBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
+            ended: Arc::default(),
         }))
     }
 
@@ -85,7 +105,10 @@ impl RequestBody {
     pub fn for_try(&mut self) -> Option<TryBody> {
         match self {
             RequestBody::Replayable(bytes) => Some(TryBody::Whole(bytes.clone())),
-            RequestBody::OneShot(body) => body.take().map(|b| TryBody::Stream(boxed(b))),
+            RequestBody::OneShot(body) => body.take().map(|b| {
+                let ended = b.ended.clone();
+                TryBody::Stream(boxed(b), ended)
+            }),
         }
     }
 }
@@ -94,8 +117,8 @@ impl RequestBody {
 pub enum TryBody {
     /// All of it, in hand.
     Whole(Bytes),
-    /// Streamed from the client as it arrives.
-    Stream(ProxyBody),
+    /// Streamed from the client as it arrives; the flag is set once it has all been read.
+    Stream(ProxyBody, Arc<AtomicBool>),
 }
 
 impl TryBody {
@@ -103,7 +126,7 @@ impl TryBody {
     pub fn into_proxy_body(self) -> ProxyBody {
         match self {
             TryBody::Whole(bytes) => boxed(Full::new(bytes)),
-            TryBody::Stream(body) => body,
+            TryBody::Stream(body, _) => body,
         }
     }
 }
@@ -112,6 +135,8 @@ impl TryBody {
 pub struct PrefixedBody {
     prefix: Option<Bytes>,
     rest: LimitedBody,
+    /// Set when the last of the body has been read.
+    ended: Arc<AtomicBool>,
 }
 
 impl Body for PrefixedBody {
@@ -125,7 +150,11 @@ impl Body for PrefixedBody {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        Pin::new(&mut self.rest).poll_frame(cx)
+        let polled = Pin::new(&mut self.rest).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.rest.is_end_stream() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -133,12 +162,14 @@ impl Body for PrefixedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        hint.set_lower(hint.lower() + extra);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + extra);
+        // The upper bound first: `set_lower` asserts that the lower one stays under it.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(extra));
         }
+        hint.set_lower(rest.lower().saturating_add(extra));
         hint
     }
 }

@@ -1,5 +1,5 @@
-//! HTTP/1.1 upgrades (WebSocket and any other `Upgrade` protocol): the request's `Connection:
-//! upgrade` and `Upgrade` survive the hop-by-hop strip, a backend's `101 Switching Protocols`
+//! HTTP/1.1 upgrades (WebSocket, and the protocols an upstream's `upgrades` adds): the
+//! request's `Connection: upgrade` and `Upgrade` survive the hop-by-hop strip, a backend's `101 Switching Protocols`
 //! goes back to the client, and the two upgraded connections are then joined byte for byte.
 //! The backend's lease rides in the tunnel, so the connection counts in flight until it closes.
 //! Tunnels are tracked: a shutdown waits for them as for requests, up to the drain deadline,
@@ -23,6 +23,25 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     req.headers().get(UPGRADE).cloned()
+}
+
+/// Whether every protocol an `Upgrade` header lists is in `allowed` (lowercase names; a
+/// protocol's version, after `/`, does not count). Only `websocket` by default: another
+/// protocol's tunnel (`h2c`, say) would carry requests fulcrum never sees, past its limits and
+/// its log.
+pub fn allowed(protocol: &HeaderValue, allowed: &[Box<str>]) -> bool {
+    let Ok(text) = protocol.to_str() else {
+        return false;
+    };
+    let mut any = false;
+    for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let name = p.split('/').next().unwrap_or(p);
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// Puts back the two headers an upgrade needs after the hop-by-hop strip took them.
@@ -91,5 +110,23 @@ impl Tunnels {
             self.close.cancel();
             self.tracker.wait().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_protocols_pass_whatever_their_case_or_version() {
+        let list: Vec<Box<str>> = vec!["websocket".into()];
+        let ok = |v: &'static str| allowed(&HeaderValue::from_static(v), &list);
+        assert!(ok("websocket"));
+        assert!(ok("WebSocket"));
+        assert!(ok("websocket/13"));
+        assert!(!ok("h2c"));
+        assert!(!ok("websocket, h2c"));
+        assert!(!ok(""));
+        assert!(!ok(" , "));
     }
 }

@@ -51,6 +51,13 @@ pub mod names {
     /// Counter (fulcrum's addition): every response sent to a client, fulcrum's own answers
     /// included, by status class (`code`): the errors that reached clients.
     pub const RESPONSES: &str = "fulcrum_responses_total";
+    /// Counter (fulcrum's addition): client connections cut by a clock, by `kind`: `header`
+    /// (`listen.header_read_timeout`), `body` (`listen.body_read_timeout` or the request's
+    /// deadline, answered 408), `send` (`listen.send_timeout`).
+    pub const CLIENT_TIMEOUTS: &str = "fulcrum_client_timeouts_total";
+    /// Counter (fulcrum's addition): panics caught in a request's task (answered 500, or the
+    /// connection reset when the response had begun). Any is a bug.
+    pub const PANICS: &str = "fulcrum_panics_total";
 }
 
 /// A metric's Prometheus type.
@@ -152,6 +159,18 @@ pub const ALL: &[(&str, Kind, &[&str], &str)] = {
             &["upstream", "code"],
             "Responses sent to clients, fulcrum's own included, by status class.",
         ),
+        (
+            CLIENT_TIMEOUTS,
+            Counter,
+            &["kind"],
+            "Client connections cut by a timeout: header, body or send.",
+        ),
+        (
+            PANICS,
+            Counter,
+            &[],
+            "Panics caught in a request's task; any is a bug.",
+        ),
     ]
 };
 
@@ -164,6 +183,8 @@ pub const BUCKETS: &[f64] = &[
 const CIRCUIT_TO: [&str; 3] = ["closed", "open", "half_open"];
 /// The `code` values of [`names::REQUESTS`] and [`names::RESPONSES`].
 const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The `kind` values of [`names::CLIENT_TIMEOUTS`], in [`ClientTimeout`] order.
+const CLIENT_TIMEOUT_KINDS: [&str; 3] = ["header", "body", "send"];
 /// The `kind` values of [`names::UPSTREAM_FAILURES`].
 const FAILURE_KINDS: [&str; 4] = ["connect", "reset", "timeout", "status"];
 
@@ -259,6 +280,15 @@ impl Metrics {
             .register_histogram(&Self::key(name, labels), &METADATA)
     }
 
+    /// The handles of the client side, shared by every listener of the server.
+    pub fn clients(&self) -> Arc<ClientMetrics> {
+        Arc::new(ClientMetrics {
+            timeouts: CLIENT_TIMEOUT_KINDS
+                .map(|k| self.counter(names::CLIENT_TIMEOUTS, &[("kind", k)])),
+            panics: self.counter(names::PANICS, &[]),
+        })
+    }
+
     /// The handles of upstream `upstream`.
     pub fn upstream(&self, upstream: &str) -> Arc<UpstreamMetrics> {
         let u = [("upstream", upstream)];
@@ -303,6 +333,36 @@ impl Metrics {
         };
         m.static_weight(static_weight);
         Arc::new(m)
+    }
+}
+
+/// Which clock cut a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// The request's header was too slow.
+    Header,
+    /// The request's body was too slow.
+    Body,
+    /// The client read too slowly.
+    Send,
+}
+
+/// The handles of the client side.
+#[derive(Debug)]
+pub struct ClientMetrics {
+    timeouts: [Counter; 3],
+    panics: Counter,
+}
+
+impl ClientMetrics {
+    /// A clock cut a client connection.
+    pub fn timeout(&self, kind: ClientTimeout) {
+        self.timeouts[kind as usize].increment(1);
+    }
+
+    /// A request's task panicked.
+    pub fn panicked(&self) {
+        self.panics.increment(1);
     }
 }
 

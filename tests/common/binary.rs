@@ -55,6 +55,11 @@ impl Fulcrum {
         (f, addr("proxy"))
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Replaces the config file's text (for a reload).
     pub fn rewrite(&self, config: &str) {
         self.config.write(config);
