@@ -24,7 +24,7 @@ pub use caught::{Caught, Panicked};
 /// fulcrum's own parser of a plain HTTP/1.1 request (see `plain`): the request, whether the
 /// client asked to close, and the bytes it took; `None` for what it leaves to hyper. Public for
 /// the fuzz targets and the test that holds it to hyper's verdicts.
-pub use plain::take as take_plain_request;
+pub use plain::take_request as take_plain_request;
 
 use crate::proxy::body::HoldBody;
 use crate::race::{race, Won};
@@ -423,8 +423,11 @@ impl<H: Handler> Serve<H> {
             let clients = serve.clients.clone();
             let body_read = serve.body_read;
             async move {
+                let addr = client.addr();
                 let req = req.map(|b| ClientBody::hyper(b, body_read));
-                let resp = caught::answer(&*handler, req, client, &clients).await;
+                let handling = std::pin::pin!(handler.handle(req, client));
+                let answered = caught::catching(handling).await;
+                let resp = caught::answer(answered, addr, &clients);
                 Ok(resp.map(|b| HoldBody::new(b, guard)))
             }
         })

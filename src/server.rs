@@ -67,15 +67,24 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
-/// A client request's body as a [`Handler`] gets it: hyper's, under its [`BodyTimeout`], or one
-/// that fulcrum's own HTTP/1.1 server read whole with the request's head (see
-/// `connection::plain`). Every error it ends with is a [`ClientBodyError`]: the client's doing.
+/// A client request's body as a [`Handler`] gets it: hyper's, under its clocks, or one that
+/// fulcrum's own HTTP/1.1 server read whole with the request's head (see `connection::plain`).
+/// Every error it ends with is a [`ClientBodyError`]: the client's doing.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// The body as hyper reads it, and the clock of its silences.
-    Hyper(Incoming, BodyTimeout),
+    /// The body as hyper reads it. Boxed with its clocks: the whole body is a size every
+    /// request moves about, and this is the rarer kind.
+    Hyper(Box<HyperBody>),
     /// All of the body; empty for none.
     Whole(Bytes),
+}
+
+/// hyper's body of a request, and the clocks of its silences and of the request's deadline.
+#[derive(Debug)]
+pub struct HyperBody {
+    body: Incoming,
+    clock: BodyTimeout,
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Why a client's request body ended before its end.
@@ -92,13 +101,17 @@ pub enum ClientBodyError {
 impl ClientBody {
     /// hyper's body, allowing `idle` of silence between two reads.
     pub fn hyper(body: Incoming, idle: std::time::Duration) -> ClientBody {
-        ClientBody::Hyper(body, BodyTimeout::new(idle))
+        ClientBody::Hyper(Box::new(HyperBody {
+            body,
+            clock: BodyTimeout::new(idle),
+            deadline: None,
+        }))
     }
 
     /// The whole body must be in by `deadline` (the request's).
     pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
-        if let ClientBody::Hyper(_, clock) = self {
-            clock.set_deadline(deadline);
+        if let ClientBody::Hyper(b) = self {
+            b.deadline = Some(deadline);
         }
     }
 }
@@ -113,9 +126,12 @@ impl http_body::Body for ClientBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         use std::task::Poll;
         match self.get_mut() {
-            ClientBody::Hyper(b, clock) => {
-                let polled = std::pin::Pin::new(b).poll_frame(cx);
-                if clock.poll_silence(polled.is_pending(), cx).is_ready() {
+            ClientBody::Hyper(b) => {
+                let polled = std::pin::Pin::new(&mut b.body).poll_frame(cx);
+                if b.clock
+                    .poll_silence(polled.is_pending(), b.deadline, cx)
+                    .is_ready()
+                {
                     return Poll::Ready(Some(Err(ClientBodyError::Timeout.into())));
                 }
                 polled.map(|f| f.map(|r| r.map_err(|e| ClientBodyError::Broken(e).into())))
@@ -129,14 +145,14 @@ impl http_body::Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(b, _) => b.is_end_stream(),
+            ClientBody::Hyper(b) => b.body.is_end_stream(),
             ClientBody::Whole(b) => b.is_empty(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            ClientBody::Hyper(b, _) => b.size_hint(),
+            ClientBody::Hyper(b) => b.body.size_hint(),
             ClientBody::Whole(b) => http_body::SizeHint::with_exact(b.len() as u64),
         }
     }

@@ -100,6 +100,7 @@ impl State {
     }
 
     /// A write went through.
+    #[inline]
     fn wrote(&self) {
         if self.write_blocked.load(Ordering::Relaxed) != 0 {
             self.write_blocked.store(0, Ordering::Relaxed);
@@ -159,6 +160,7 @@ impl Watchdog {
     }
 
     /// A write to the client went through: the send clock stops.
+    #[inline]
     pub fn wrote(&self) {
         self.state.wrote();
     }

@@ -1,16 +1,18 @@
-//! A panic in a request's task, caught as futures' `catch_unwind` does: the handler's future and
-//! its response body are polled under it, so that a panic answers 500 (or, once the response
-//! has begun, ends its body with an error, which cuts the client's connection), is counted in
-//! `fulcrum_panics_total` and logged, and never ends more than its own request.
+//! A panic in a request's task, caught as futures' `catch_unwind` does: polls run under
+//! `std::panic::catch_unwind`, so that a panic answers 500 (or, once the response has begun,
+//! cuts the client's connection), is counted in `fulcrum_panics_total` and logged, and never
+//! ends more than its own connection. Under hyper's server each request's future and body are
+//! polled so ([`answer`], [`Caught`]); fulcrum's own server polls a connection's whole run so
+//! (`plain`), which costs next to nothing per request.
 
 use crate::proxy::body::BoxError;
-use crate::server::{ClientBody, Handler, Peer};
 use crate::telemetry::metrics::ClientMetrics;
 use bytes::Bytes;
-use futures_util::FutureExt;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,29 +21,49 @@ use std::task::{Context, Poll};
 /// What fulcrum answers when a request's handler panicked.
 const PANICKED: &str = "500 Internal Server Error: fulcrum failed on this request\n";
 
-/// The handler's answer to `req`; 500 if it panicked.
-pub async fn answer<H: Handler>(
-    handler: &H,
-    req: Request<ClientBody>,
-    client: Peer,
+/// The same, whole on the wire, for fulcrum's own HTTP/1.1 server.
+pub(super) fn panicked_response() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{PANICKED}",
+        PANICKED.len()
+    )
+    .into_bytes()
+}
+
+/// Polls `fut` where it is pinned, catching a panic of any of its polls. Not a wrapper that
+/// takes the future by value: a request's future is kilobytes, and moving it into a wrapper
+/// cost a copy of it on every request.
+pub fn catching<F: Future>(
+    mut fut: Pin<&mut F>,
+) -> impl Future<Output = Result<F::Output, Box<dyn Any + Send>>> + '_ {
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(polled) => polled.map(Ok),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+}
+
+/// The answer to a request of `client`: the handler's `answered`, its body polled under
+/// `catch_unwind` too, or 500 when the handler panicked (counted and logged).
+pub fn answer<B>(
+    answered: Result<Response<B>, Box<dyn Any + Send>>,
+    client: SocketAddr,
     clients: &Arc<ClientMetrics>,
-) -> Response<Caught<H::Body>> {
-    let addr = client.addr();
-    match AssertUnwindSafe(handler.handle(req, client))
-        .catch_unwind()
-        .await
-    {
+) -> Response<Caught<B>> {
+    match answered {
         Ok(resp) => resp.map(|body| Caught {
             inner: Inner::Handler(body),
             clients: clients.clone(),
-            client: addr,
+            client,
         }),
         Err(panic) => {
-            report(clients, &*panic, "answering a request", addr);
+            report(clients, &*panic, "answering a request", client);
             let mut resp = Response::new(Caught {
                 inner: Inner::Own(Some(Bytes::from_static(PANICKED.as_bytes()))),
                 clients: clients.clone(),
-                client: addr,
+                client,
             });
             *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             let headers = resp.headers_mut();
@@ -56,11 +78,11 @@ pub async fn answer<H: Handler>(
 }
 
 /// Counts and logs a panic.
-fn report(
+pub(super) fn report(
     clients: &ClientMetrics,
     panic: &(dyn Any + Send),
     doing: &str,
-    client: std::net::SocketAddr,
+    client: SocketAddr,
 ) {
     clients.panicked();
     let message = panic
@@ -75,7 +97,7 @@ fn report(
 pub struct Caught<B> {
     inner: Inner<B>,
     clients: Arc<ClientMetrics>,
-    client: std::net::SocketAddr,
+    client: SocketAddr,
 }
 
 enum Inner<B> {

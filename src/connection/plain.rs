@@ -70,7 +70,17 @@ pub(super) async fn run<H: Handler>(
 ) -> Ended {
     let watchdog = &serve.watchdog;
     let closing = AtomicBool::new(false);
-    let mut main = std::pin::pin!(requests(stream, rest, serve, max_head, &closing));
+    let responding = AtomicBool::new(false);
+    let mut main = std::pin::pin!(requests(
+        stream,
+        rest,
+        serve,
+        max_head,
+        &closing,
+        &responding
+    ));
+    // A panic anywhere in the requests' work is caught at this one place, per poll of the whole
+    // run: catching each request's future on its own cost a copy of its answer per request.
     let won = {
         let side = std::pin::pin!(ended_from_outside(
             watchdog,
@@ -78,10 +88,11 @@ pub(super) async fn run<H: Handler>(
             || client_gone(stream),
             stopped
         ));
-        race(main.as_mut(), side).await
+        race(caught::catching(main.as_mut()), side).await
     };
     match won {
-        Won::Main(ended) => ended,
+        Won::Main(Ok(ended)) => ended,
+        Won::Main(Err(panic)) => panicked(stream, serve, &responding, panic).await,
         Won::Side(Some(Expired::Park)) => Ended::Park,
         Won::Side(Some(Expired::ClientGone)) => {
             tracing::debug!(client = %serve.client.addr(), "client left with its request in flight; closing");
@@ -100,11 +111,34 @@ pub(super) async fn run<H: Handler>(
         // The server stops: the request in flight finishes, with `Connection: close`.
         Won::Side(None) if watchdog.in_flight() => {
             closing.store(true, Ordering::Relaxed);
-            main.await;
+            if let Err(panic) = caught::catching(main).await {
+                panicked(stream, serve, &responding, panic).await;
+            }
             Ended::Close
         }
         Won::Side(None) => Ended::Close,
     }
+}
+
+/// After a panic in the run's work: counted and logged; the client gets a 500 unless its
+/// response had begun (its head goes out with the first of its body), and the connection ends.
+async fn panicked<H: Handler>(
+    stream: &TcpStream,
+    serve: &Serve<H>,
+    responding: &AtomicBool,
+    panic: Box<dyn std::any::Any + Send>,
+) -> Ended {
+    caught::report(
+        &serve.clients,
+        &*panic,
+        "serving a request",
+        serve.client.addr(),
+    );
+    drop(panic);
+    if !responding.load(Ordering::Relaxed) {
+        let _ = write_all(stream, &serve.watchdog, &caught::panicked_response()).await;
+    }
+    Ended::Close
 }
 
 /// The plain requests of a connection, one after another.
@@ -114,6 +148,7 @@ async fn requests<H: Handler>(
     serve: &Serve<H>,
     max_head: usize,
     closing: &AtomicBool,
+    responding: &AtomicBool,
 ) -> Ended {
     // Where requests' heads are kept while they are served: each head is split off and shared
     // by its header values, and the room is used again once they are gone. One allocation per
@@ -141,10 +176,10 @@ async fn requests<H: Handler>(
         rest.advance(len);
         let head_request = request.method() == Method::HEAD;
         let guard = serve.watchdog.request_here();
-        let client = serve.client.clone();
-        let response = caught::answer(&*serve.handler, request, client, &serve.clients).await;
+        let response = serve.handler.handle(request, serve.client.clone()).await;
         let close = close || closing.load(Ordering::Relaxed);
         let watchdog = &serve.watchdog;
+        responding.store(true, Ordering::Relaxed);
         let kept = match respond(stream, watchdog, &mut out, response, head_request, close).await {
             Ok(kept) => kept,
             Err(e) => {
@@ -152,6 +187,7 @@ async fn requests<H: Handler>(
                 false
             }
         };
+        responding.store(false, Ordering::Relaxed);
         drop(guard);
         if !kept || closing.load(Ordering::Relaxed) {
             return Ended::Close;
@@ -206,10 +242,16 @@ fn read(stream: &TcpStream, heads: &mut BytesMut) -> Got {
     })
 }
 
+/// [`take`], for the fuzz targets and the test that holds it to hyper's verdicts. A function of
+/// its own, so that `take` stays the request loop's to inline.
+pub fn take_request(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, usize)> {
+    take(input, max_head)
+}
+
 /// The plain request at the start of `input`: the request (its head and body shared with
 /// `input`), whether the client asked to close, and how many bytes it took. `None` when the
 /// request is not plain, is not whole, or is not well-formed: hyper's to read.
-pub fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, usize)> {
+fn take(input: &Bytes, max_head: usize) -> Option<(Request<ClientBody>, bool, usize)> {
     // Uninitialised slots: zeroing them for every request costs more than parsing.
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -501,15 +543,21 @@ async fn flush(stream: &TcpStream, watchdog: &Watchdog, out: &mut Vec<u8>) -> io
 /// `write_all`: the watchdog's client-gone check peeks the same socket meanwhile. A write that
 /// finds no room starts the watchdog's send clock; one that goes through stops it.
 async fn write_all(stream: &TcpStream, watchdog: &Watchdog, mut buf: &[u8]) -> io::Result<()> {
+    let mut blocked = false;
     while !buf.is_empty() {
         stream.writable().await?;
         match stream.try_write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 buf = &buf[n..];
-                watchdog.wrote();
+                if std::mem::take(&mut blocked) {
+                    watchdog.wrote();
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => watchdog.write_blocked(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                blocked = true;
+                watchdog.write_blocked();
+            }
             Err(e) => return Err(e),
         }
     }

@@ -104,21 +104,20 @@ impl<B, T> HoldBody<B, T> {
 
 /// A backend's response body holding its lease until its end. A body that fails mid-way (the
 /// backend fell silent or broke off) is reported against the backend as a second outcome of
-/// its try: the head's success said nothing of the body.
+/// its try: the head's success said nothing of the body. Its latency is what the failure
+/// cost: the read timeout for a silence (the penalty of a failure is at least twice the
+/// estimate either way, see `policy::ewma`).
 pub struct LeasedBody {
     inner: PooledBody,
     lease: Option<Lease>,
-    /// When the try began, for the failure's latency.
-    started: Instant,
 }
 
 impl LeasedBody {
-    /// `inner`, holding `lease`, of a try begun at `started`.
-    pub fn new(inner: PooledBody, lease: Lease, started: Instant) -> LeasedBody {
+    /// `inner`, holding `lease`.
+    pub fn new(inner: PooledBody, lease: Lease) -> LeasedBody {
         LeasedBody {
             inner,
             lease: Some(lease),
-            started,
         }
     }
 }
@@ -138,10 +137,11 @@ impl Body for LeasedBody {
                 if let (Some(lease), Some(failure)) =
                     (self.lease.take(), e.downcast_ref::<BodyError>())
                 {
-                    let now = Instant::now();
-                    let latency = now.saturating_duration_since(self.started);
-                    let kind = failure.outcome();
-                    lease.report(Outcome { kind, latency }, now);
+                    let outcome = Outcome {
+                        kind: failure.outcome(),
+                        latency: failure.cost(),
+                    };
+                    lease.report(outcome, Instant::now());
                 }
             }
             _ => {}

@@ -3,9 +3,12 @@
 //! runs only while the reader waits for the peer's next bytes, and runs out after `idle` of
 //! silence, or at a deadline for the whole body when one is set.
 //!
-//! It never runs while the reader is not asking: a body is polled only when whoever consumes it
-//! has room for more, so a consumer that is slow (a client not reading its response, a backend
-//! not reading its upload) is never blamed on the peer that produces the body.
+//! It runs only from a poll that found nothing to the next poll that finds something: a body is
+//! polled when whoever consumes it has room for more, so a consumer that is slow (a client not
+//! reading its response, a backend not reading its upload) is not blamed on the peer that
+//! produces the body. (A reader that polls, finds nothing and writes out what it has before
+//! polling again lends the clock that write's time: the plain server's flush, which the send
+//! timeout bounds, shorter than the read timeout by default.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,46 +16,64 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// See the module doc.
+/// See the module doc. Sixteen bytes: it rides in every backend body, which the request path
+/// moves about; its timer is boxed, made the first time a body has to wait (most never do).
 #[derive(Debug)]
 pub struct BodyTimeout {
-    idle: Duration,
-    deadline: Option<Instant>,
-    /// Made the first time the body has to wait, then reset: most bodies never wait.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The silence allowed, milliseconds.
+    idle_ms: u32,
     /// Waiting since the clock was last set.
     waiting: bool,
 }
 
 impl BodyTimeout {
-    /// A clock allowing `idle` of silence between two reads.
+    /// A clock allowing `idle` of silence between two reads (to the millisecond; config
+    /// durations are at most a day).
     pub fn new(idle: Duration) -> BodyTimeout {
+        BodyTimeout::millis(millis(idle))
+    }
+
+    /// A clock allowing `idle_ms` milliseconds of silence (see [`millis`]): for a body made on
+    /// every request, whose caller converted its timeout once.
+    #[inline]
+    pub fn millis(idle_ms: u32) -> BodyTimeout {
         BodyTimeout {
-            idle,
-            deadline: None,
             sleep: None,
+            idle_ms,
             waiting: false,
         }
     }
 
-    /// The whole body must also be in by `deadline`.
-    pub fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(deadline);
-        self.waiting = false;
+    /// The silence allowed, milliseconds.
+    pub fn idle_ms(&self) -> u32 {
+        self.idle_ms
     }
 
     /// Called after each poll of the body: `waiting` when it had nothing yet. Ready when the
-    /// peer has been silent too long (or the deadline passed): the body should fail.
-    pub fn poll_silence(&mut self, waiting: bool, cx: &mut Context<'_>) -> Poll<()> {
+    /// peer has been silent too long, or `deadline` (for the whole body) has passed: the body
+    /// should fail.
+    #[inline]
+    pub fn poll_silence(
+        &mut self,
+        waiting: bool,
+        deadline: Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         if !waiting {
             self.waiting = false;
             return Poll::Pending;
         }
+        self.poll_waiting(deadline, cx)
+    }
+
+    /// [`BodyTimeout::poll_silence`] when the body had nothing: the clock is set if it was not
+    /// running, and polled.
+    fn poll_waiting(&mut self, deadline: Option<Instant>, cx: &mut Context<'_>) -> Poll<()> {
         if !self.waiting {
             self.waiting = true;
-            let now = Instant::now();
-            let mut at = now + self.idle;
-            if let Some(d) = self.deadline {
+            let mut at = Instant::now() + Duration::from_millis(u64::from(self.idle_ms));
+            if let Some(d) = deadline {
                 at = at.min(d);
             }
             match &mut self.sleep {
@@ -67,14 +88,23 @@ impl BodyTimeout {
     }
 }
 
+/// `d` in whole milliseconds, as [`BodyTimeout::millis`] takes it.
+pub fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::task::Waker;
 
     fn poll(t: &mut BodyTimeout, waiting: bool) -> bool {
+        poll_until(t, waiting, None)
+    }
+
+    fn poll_until(t: &mut BodyTimeout, waiting: bool, deadline: Option<Instant>) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        t.poll_silence(waiting, &mut cx).is_ready()
+        t.poll_silence(waiting, deadline, &mut cx).is_ready()
     }
 
     #[tokio::test(start_paused = true)]
@@ -106,15 +136,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deadline_bounds_a_body_that_is_never_silent_for_long() {
         let mut t = BodyTimeout::new(Duration::from_secs(1));
-        t.set_deadline(Instant::now() + Duration::from_millis(2500));
+        let deadline = Some(Instant::now() + Duration::from_millis(2500));
         // A byte every 600 ms: never a second of silence, but the deadline comes.
         for _ in 0..4 {
-            assert!(!poll(&mut t, true));
+            assert!(!poll_until(&mut t, true, deadline));
             tokio::time::advance(Duration::from_millis(600)).await;
-            assert!(!poll(&mut t, false));
+            assert!(!poll_until(&mut t, false, deadline));
         }
-        assert!(!poll(&mut t, true));
+        assert!(!poll_until(&mut t, true, deadline));
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(poll(&mut t, true));
+        assert!(poll_until(&mut t, true, deadline));
     }
 }

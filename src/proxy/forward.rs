@@ -70,9 +70,9 @@ pub enum SendError {
 /// How a backend's response body failed after its head was passed on.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// Silent for `timeouts.read` mid-body.
+    /// Silent for `timeouts.read` (this long) mid-body.
     #[error("the backend fell silent mid-body")]
-    Stalled,
+    Stalled(Duration),
     /// Closed mid-body, or malformed.
     #[error("the backend's body broke off: {0}")]
     Broken(BoxError),
@@ -82,8 +82,16 @@ impl BodyError {
     /// The outcome this failure is reported as.
     pub fn outcome(&self) -> OutcomeKind {
         match self {
-            BodyError::Stalled => OutcomeKind::Timeout,
+            BodyError::Stalled(_) => OutcomeKind::Timeout,
             BodyError::Broken(_) => OutcomeKind::Reset,
+        }
+    }
+
+    /// The latency it is reported with: the silence waited out, or none for a break.
+    pub fn cost(&self) -> Duration {
+        match self {
+            BodyError::Stalled(waited) => *waited,
+            BodyError::Broken(_) => Duration::ZERO,
         }
     }
 }
@@ -151,7 +159,8 @@ pub struct Forwarder {
 struct Shared {
     connect_timeout: Duration,
     idle_timeout: Duration,
-    read_timeout: Duration,
+    /// `timeouts.read`, in milliseconds, as each response's body clock takes it.
+    read_timeout_ms: u32,
     /// Written only when a backend is first used; every other request takes the read lock.
     /// Keyed by the backend's authority, hashed with foldhash: the keys come from the config,
     /// not from clients, and SipHash's resistance to chosen keys cost two thirds of the lookup
@@ -164,19 +173,22 @@ struct Shared {
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Its last response had no body (HEAD, 204, 304): a backend that sends one anyway sends it
+    /// after the response, so the socket itself is asked before the connection is used again.
+    bodiless: bool,
 }
 
 impl Conn {
     /// Whether the backend has not closed it and sent nothing since its last response. The
-    /// reactor is asked first (a connection whose last read drained it has no readiness); then
-    /// the socket itself, with a peek: the reactor learns of bytes that arrived since its last
-    /// poll only at its next, and a connection with bytes nobody asked for (a backend's answer
-    /// after a bodiless response, say) must never carry the next request, whose client would
-    /// get them.
+    /// reactor is asked (a connection whose last read drained it has no readiness: no syscall);
+    /// after a bodiless response the socket too, with a peek, as the reactor learns of bytes
+    /// that arrived since its last poll only at its next. Bytes nobody asked for must never
+    /// reach the next request's client.
     fn is_open(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
             Poll::Ready(Err(_)) => false,
+            Poll::Pending if !self.bodiless => true,
             // Readable, or not known to be: a close, or bytes; either way unusable, unless
             // there is nothing there after all.
             _ => matches!(
@@ -275,7 +287,7 @@ impl Forwarder {
         let shared = Arc::new(Shared {
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.idle,
-            read_timeout: timeouts.read,
+            read_timeout_ms: super::body_timeout::millis(timeouts.read),
             backends: RwLock::new(HashMap::default()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -417,7 +429,11 @@ impl Forwarder {
                     framing,
                     keep_alive,
                 }) => {
-                    let clock = BodyTimeout::new(self.shared.read_timeout);
+                    let status = response.status();
+                    conn.bodiless = head_request
+                        || status == http::StatusCode::NO_CONTENT
+                        || status == http::StatusCode::NOT_MODIFIED;
+                    let clock = BodyTimeout::millis(self.shared.read_timeout_ms);
                     let body = PooledBody::wire(conn, framing, keep_alive, list.clone(), clock);
                     return Ok(response.map(|()| body));
                 }
@@ -448,7 +464,7 @@ impl Forwarder {
         });
         match sender.send_request(req).await {
             Ok(resp) => {
-                let clock = BodyTimeout::new(self.shared.read_timeout);
+                let clock = BodyTimeout::millis(self.shared.read_timeout_ms);
                 Ok(resp.map(|b| PooledBody::hyper(b, clock)))
             }
             Err(e) => Err(client_fault(&e).map_or(RESET, SendError::Client)),
@@ -466,6 +482,7 @@ impl Forwarder {
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
+            bodiless: false,
         })
     }
 }
@@ -659,12 +676,17 @@ impl Body for PooledBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| BodyError::Broken(e.into())))),
         };
-        if this.clock.poll_silence(polled.is_pending(), cx).is_ready() {
+        if this
+            .clock
+            .poll_silence(polled.is_pending(), None, cx)
+            .is_ready()
+        {
             // The connection goes with the body: it is mid-response.
             if let Inner::Wire(w) = &mut this.inner {
                 w.conn = None;
             }
-            return Poll::Ready(Some(Err(BodyError::Stalled.into())));
+            let waited = Duration::from_millis(u64::from(this.clock.idle_ms()));
+            return Poll::Ready(Some(Err(BodyError::Stalled(waited).into())));
         }
         polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }

@@ -375,8 +375,7 @@ impl Proxy {
                                 )),
                             };
                         }
-                        let resp =
-                            resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease, started)));
+                        let resp = resp.map(|b| AnswerBody::Backend(LeasedBody::new(b, lease)));
                         if !failed {
                             break 'serve resp;
                         }
