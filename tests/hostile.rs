@@ -174,6 +174,17 @@ async fn a_body_sent_too_slowly_is_408_and_the_connection_closed() {
     };
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A large body declared and dribbled: its first 64 KiB are read ahead before any backend
+    // is asked, so it never held one.
+    let answer = {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nxx")
+            .await
+            .unwrap();
+        until_closed(&mut s).await
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(bs[0].requests(), 0, "a backend was asked");
     // Streamed (past the replay limit), the same: the client's, not the backend's.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
@@ -188,7 +199,7 @@ async fn a_body_sent_too_slowly_is_408_and_the_connection_closed() {
     let text = metrics_text(&server).await;
     assert_eq!(
         series(&text, "fulcrum_client_timeouts_total{kind=\"body\"}"),
-        3.0,
+        4.0,
         "{text}"
     );
     server.shutdown().await;

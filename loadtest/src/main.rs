@@ -79,6 +79,9 @@ enum Command {
     },
     /// Throughput, latency, CPU and memory of fulcrum beside nginx and HAProxy, in one run.
     Bench(BenchArgs),
+    /// What 1,000 slowloris and 1,000 slow-body connections cost normal traffic, and whether
+    /// the proxy's files and memory come back after (fulcrum, nginx, HAProxy on defaults).
+    SlowClients(SlowArgs),
     /// The bench's backends (started by `loadtest bench`): fixed answers, one thread, until
     /// stdin closes.
     #[command(hide = true)]
@@ -94,7 +97,7 @@ fn main() {
     // The bench and its backends each run on one thread, as wrk -t1 and a one-thread backend
     // do; the rest share a multi-thread runtime.
     let runtime = match cli.command {
-        Command::Bench { .. } | Command::BenchBackends { .. } => {
+        Command::Bench { .. } | Command::BenchBackends { .. } | Command::SlowClients { .. } => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -174,6 +177,13 @@ async fn command(cli: Cli) -> i32 {
                 2
             }
         },
+        Command::SlowClients(args) => match run_slow(args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                2
+            }
+        },
         Command::BenchBackends { count } => match bench::backends::bind(count).await {
             Ok(listeners) => {
                 let addrs: Vec<SocketAddr> = listeners
@@ -190,6 +200,80 @@ async fn command(cli: Cli) -> i32 {
             }
         },
     }
+}
+
+/// `loadtest slow-clients`' arguments.
+#[derive(clap::Args)]
+struct SlowArgs {
+    /// Other proxies to measure when installed, comma-separated (`none` for fulcrum alone).
+    #[arg(long, default_value = "nginx,haproxy")]
+    against: String,
+    /// The normal load's connections.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// How long each measure of the normal load counts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Slowloris connections held.
+    #[arg(long, default_value_t = 1000)]
+    slowloris: usize,
+    /// Slow-body connections held.
+    #[arg(long, default_value_t = 1000)]
+    slow_body: usize,
+    /// The fulcrum binary (default: `fulcrum` beside this program).
+    #[arg(long)]
+    fulcrum: Option<PathBuf>,
+    /// Also write the table to this file, with the date and the command.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+async fn run_slow(a: SlowArgs) -> Result<(), String> {
+    let fulcrum = match a.fulcrum {
+        Some(f) => f,
+        None => default_fulcrum()?,
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut opts = bench::slow::Options::new(fulcrum, exe);
+    opts.against = parse_against(&a.against)?;
+    opts.connections = a.connections as usize;
+    opts.duration = a.duration;
+    opts.slowloris = a.slowloris;
+    opts.slow_body = a.slow_body;
+    let progress = |step: &str| eprintln!("slow-clients: {step}");
+    let reports = bench::slow::run(&opts, &progress).await?;
+    let text = bench::slow::render(&reports, &opts);
+    println!("{text}");
+    write_out(a.out.as_deref(), &text)
+}
+
+/// The proxies of an `--against` list.
+fn parse_against(list: &str) -> Result<Vec<bench::proxies::Kind>, String> {
+    let mut against = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "none" {
+            continue;
+        }
+        against
+            .push(bench::proxies::Kind::parse(name).ok_or_else(|| {
+                format!("--against: {name:?} is not one of nginx, haproxy, none")
+            })?);
+    }
+    Ok(against)
+}
+
+/// Writes `text` to `out`, if given, after the date and the command that made it.
+fn write_out(out: Option<&std::path::Path>, text: &str) -> Result<(), String> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let doc = format!(
+        "Produced on {date} by:\n\n```\n{command}\n```\n\n{text}",
+        date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        command = command.join(" ")
+    );
+    std::fs::write(out, doc).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 /// `loadtest bench`'s arguments.
@@ -237,16 +321,7 @@ async fn run_bench(a: BenchArgs) -> Result<(), String> {
         None => default_fulcrum()?,
     };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut against = Vec::new();
-    for name in a.against.split(',').filter(|n| !n.trim().is_empty()) {
-        if name.trim() == "none" {
-            continue;
-        }
-        against
-            .push(bench::proxies::Kind::parse(name).ok_or_else(|| {
-                format!("--against: {name:?} is not one of nginx, haproxy, none")
-            })?);
-    }
+    let against = parse_against(&a.against)?;
     if a.connections.is_empty() || a.connections.contains(&0) {
         return Err("--connections: give one or more counts above 0".into());
     }
@@ -273,16 +348,7 @@ async fn run_bench(a: BenchArgs) -> Result<(), String> {
     let text = bench::table::render(&results);
     println!("{text}");
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
-    if let Some(out) = &a.out {
-        let command: Vec<String> = std::env::args().collect();
-        let doc = format!(
-            "Produced on {date} by:\n\n```\n{command}\n```\n\n{text}",
-            date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-            command = command.join(" ")
-        );
-        std::fs::write(out, doc).map_err(|e| format!("{}: {e}", out.display()))?;
-    }
-    Ok(())
+    write_out(a.out.as_deref(), &text)
 }
 
 async fn run_backend(

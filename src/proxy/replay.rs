@@ -1,7 +1,13 @@
 //! Request bodies and retries: a body of at most `retry.replay_body_limit` bytes is read ahead
-//! and kept, so every try can send it again; a larger one (by `Content-Length`, or found larger
-//! while reading ahead) streams through once, what was read ahead first, and its request is not
-//! retried. Bodies are never buffered beyond the limit.
+//! and kept, so every try can send it again; a larger one streams through once, what was read
+//! ahead first, and its request is not retried. Bodies are never buffered beyond the limit.
+//!
+//! Every body is read ahead up to the limit before any backend is asked, a larger one too
+//! (nginx buffers whole bodies for the same reason): a client that sends its body a byte at a
+//! time then holds only its own connection until its body clock cuts it, never a backend's.
+//! Streamed at once, such a body met a backend that answered before reading it, and the
+//! client, answered, could come back at once: 1,000 of them took fulcrum from 44,000 to 725
+//! requests a second for everyone else.
 //!
 //! The client's body arrives as a [`LimitedBody`]: counted against `listen.max_body_bytes`, so
 //! that a body found too large while reading ahead or while streaming ends in a
@@ -11,7 +17,6 @@
 use super::body::{boxed, BoxError, ProxyBody};
 use crate::server::{ClientBody, ClientBodyError};
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use std::pin::Pin;
@@ -61,21 +66,12 @@ pub enum RequestBody {
 impl RequestBody {
     /// Reads ahead up to `limit` bytes of `body`. Fails when the client's body breaks, is too
     /// slow or outgrows the body size limit ([`client_fault`]).
-    pub async fn prepare(
-        mut body: LimitedBody,
-        headers: &HeaderMap,
-        limit: u64,
-    ) -> Result<RequestBody, BoxError> {
+    pub async fn prepare(mut body: LimitedBody, limit: u64) -> Result<RequestBody, BoxError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Ok(RequestBody::one_shot(Bytes::new(), body));
-        }
+        // Grown as bytes come, not sized by what the client declares: a slow client declaring
+        // a large body must not hold the limit's worth of memory for nothing.
         let mut kept = BytesMut::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {

@@ -12,6 +12,7 @@ pub mod instructions;
 pub mod load;
 pub mod procfs;
 pub mod proxies;
+pub mod slow;
 pub mod table;
 
 use idle::IdleMemory;

@@ -109,6 +109,15 @@ impl Tree {
         }
     }
 
+    /// Open file descriptors of the tree's processes now (sockets included).
+    pub fn fds(&self) -> usize {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+            .map(|dir| dir.count())
+            .sum()
+    }
+
     /// The tree's resident memory now, in bytes.
     pub fn rss(&self) -> u64 {
         self.status_sum(|text| status_kib(text, "VmRSS:"))
