@@ -467,7 +467,10 @@ mod tests {
         // Ten seconds of one long request: 20, 40, ... 320, then every 320 ms.
         let _ = tokio::time::timeout(Duration::from_secs(10), watch.expired(true, counting)).await;
         let n = asked.load(Ordering::SeqCst);
-        assert!((30..=34).contains(&n), "{n} looks in 10 s (every 20 ms was 500)");
+        assert!(
+            (30..=34).contains(&n),
+            "{n} looks in 10 s (every 20 ms was 500)"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -271,8 +271,11 @@ impl Proxy {
             } else {
                 usize::MAX
             };
-            let mut body = match RequestBody::prepare(Limited::new(body, limit), upstream.replay_limit)
-                .await
+            let mut body = match RequestBody::prepare(
+                Limited::new(body, limit),
+                upstream.replay_limit,
+            )
+            .await
             {
                 Ok(b) => b,
                 Err(e) => {
