@@ -25,14 +25,6 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Sends `raw`, then reads until the server closes; what it answered. A write the server cut
-/// short (it answered before reading everything) is fine.
-async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(raw).await;
-    until_closed(&mut s).await
-}
-
 /// A chunked request body of `size` bytes in 10,000-byte chunks, with its last chunk.
 fn chunked(size: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -96,13 +88,13 @@ async fn a_malformed_chunked_body_is_the_clients_400_and_never_the_backends_fail
     raw.extend_from_slice(&good[..good.len() - 5]);
     raw.extend_from_slice(b"zz\r\nbad\r\n0\r\n\r\n");
     for i in 0..6 {
-        let answer = exchange(server.proxy_addr(), &raw).await;
+        let answer = raw_exchange(server.proxy_addr(), &raw).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "request {i}: {answer}");
     }
     // A malformed body caught while it is read ahead is 400 as well.
     let mut small = CHUNKED_POST.as_bytes().to_vec();
     small.extend_from_slice(b"5\r\nhello\r\nzz\r\n");
-    let answer = exchange(server.proxy_addr(), &small).await;
+    let answer = raw_exchange(server.proxy_addr(), &small).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "read ahead: {answer}");
     let s = pool_status(&server).await;
     assert_eq!(s.backends[0].circuit_state, "closed", "{s:#?}");
@@ -255,7 +247,7 @@ async fn a_backend_that_stalls_mid_body_is_cut_and_charged() {
     .await;
     // The backend sends all but its last chunk, then waits for a gate nobody opens.
     let started = Instant::now();
-    let answer = exchange(
+    let answer = raw_exchange(
         server.proxy_addr(),
         b"GET /stream?bytes=200000&chunk=50000&gate=1 HTTP/1.1\r\nHost: a\r\n\r\n",
     )
@@ -288,12 +280,12 @@ async fn a_request_with_two_hosts_or_none_is_400_and_reaches_no_backend() {
         "POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
     ] {
-        let answer = exchange(addr, raw.as_bytes()).await;
+        let answer = raw_exchange(addr, raw.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{raw:?}: {answer}");
     }
     assert_eq!(bs[0].requests(), 0);
     // HTTP/1.0 needs no Host.
-    let answer = exchange(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    let answer = raw_exchange(addr, b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     server.shutdown().await;
 }
@@ -342,7 +334,7 @@ async fn only_websocket_upgrades_unless_an_upstream_allows_more() {
 /// The JSON the test backend's `/echo` answered with.
 async fn echoed(addr: SocketAddr, extra: &str) -> serde_json::Value {
     let raw = format!("GET /echo HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n");
-    let answer = exchange(addr, raw.as_bytes()).await;
+    let answer = raw_exchange(addr, raw.as_bytes()).await;
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
@@ -680,11 +672,11 @@ async fn a_panic_answers_500_or_cuts_its_own_connection_and_nothing_else() {
         "GET /panic HTTP/1.1\r\nHost: a\r\n\r\n",
         "POST /panic HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
-        let answer = exchange(addr, raw.as_bytes()).await;
+        let answer = raw_exchange(addr, raw.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 500"), "{raw:?}: {answer}");
     }
     // Once the head is out, the connection is cut: the client sees a body that breaks off.
-    let answer = exchange(addr, b"GET /body-panic HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let answer = raw_exchange(addr, b"GET /body-panic HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("partial"), "{answer}");
     assert!(
@@ -692,7 +684,7 @@ async fn a_panic_answers_500_or_cuts_its_own_connection_and_nothing_else() {
         "the body ended well: {answer}"
     );
     // The worker goes on serving.
-    let answer = exchange(
+    let answer = raw_exchange(
         addr,
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )

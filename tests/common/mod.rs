@@ -293,6 +293,14 @@ pub async fn pool_status(server: &Server) -> fulcrum::pool::UpstreamStatus {
     }
 }
 
+/// Sends `raw` on a new connection to `addr`, then reads until the server closes it; what it
+/// answered. A write the server cut short (it answered before reading everything) is fine.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, raw).await;
+    until_closed(&mut s).await
+}
+
 /// Reads until the server closes the connection; what it sent.
 pub async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
     let mut out = Vec::new();
