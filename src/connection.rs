@@ -20,7 +20,6 @@
 mod caught;
 mod plain;
 
-pub use caught::{Caught, Panicked};
 /// fulcrum's own parser of a plain HTTP/1.1 request (see `plain`): the request, whether the
 /// client asked to close, and the bytes it took; `None` for what it leaves to hyper. Public for
 /// the fuzz targets and the test that holds it to hyper's verdicts.
@@ -32,6 +31,7 @@ use crate::server::{ClientBody, Handler, Peer};
 use crate::telemetry::metrics::{ClientMetrics, ClientTimeout};
 use crate::watchdog::{ActiveGuard, Expired, Watchdog};
 use bytes::{Buf, Bytes};
+use caught::Caught;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
