@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod budget;
 pub mod ejection;
 pub mod ewma;
+pub mod outcome;
 pub mod retry;
 pub mod rise_fall;
 pub mod slow_start;

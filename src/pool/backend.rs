@@ -11,6 +11,7 @@ use crate::config::Upstream;
 use crate::policy::balance::BackendId;
 use crate::policy::breaker::{Breaker, CircuitState};
 use crate::policy::ewma::{decayed, PeakEwma, Trend};
+pub use crate::policy::outcome::{Outcome, OutcomeKind};
 use crate::policy::rise_fall::RiseFall;
 use crate::policy::slow_start::SlowStart;
 use crate::policy::success::SuccessRate;
@@ -19,37 +20,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How one try of a request ended, as the frontend saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutcomeKind {
-    /// Response headers arrived with a status that is not a failure.
-    Success,
-    /// The TCP connect failed or timed out.
-    Connect,
-    /// The connection broke after the request was sent.
-    Reset,
-    /// No response headers within the response timeout.
-    Timeout,
-    /// A 5xx status that counts as a failure.
-    Status(u16),
-}
-
-impl OutcomeKind {
-    /// Whether this outcome counts against the backend.
-    pub fn is_failure(self) -> bool {
-        !matches!(self, OutcomeKind::Success)
-    }
-}
-
-/// One try's outcome and its time to response headers (or to the failure).
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome {
-    /// How it ended.
-    pub kind: OutcomeKind,
-    /// Time from sending to response headers, or to the failure.
-    pub latency: Duration,
-}
 
 /// Messages of the backend actor.
 #[derive(Debug)]

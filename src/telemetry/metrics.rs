@@ -7,8 +7,8 @@
 //! config, and every other label is one of the fixed enums below.
 
 use crate::policy::breaker::CircuitState;
+use crate::policy::outcome::OutcomeKind;
 use crate::policy::retry::REASONS as RETRY_REASONS;
-use crate::pool::OutcomeKind;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Arc;
