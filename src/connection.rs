@@ -137,7 +137,7 @@ pub fn serve<H: Handler>(
             handler,
             watchdog: watchdog.clone(),
             client: Peer::among(client, &builders.trusted_proxies),
-            body_read: limits.body_read,
+            body_read_ms: crate::proxy::body_timeout::millis(limits.body_read),
             clients: builders.clients.clone(),
         };
         if !wait_for_request(&stream, &watchdog, &mut stopped).await {
@@ -382,8 +382,8 @@ struct Serve<H> {
     handler: Arc<H>,
     watchdog: Watchdog,
     client: Peer,
-    /// `listen.body_read_timeout`.
-    body_read: Duration,
+    /// `listen.body_read_timeout`, milliseconds, as each request body's clock takes it.
+    body_read_ms: u32,
     clients: Arc<ClientMetrics>,
 }
 
@@ -393,7 +393,7 @@ impl<H> Clone for Serve<H> {
             handler: self.handler.clone(),
             watchdog: self.watchdog.clone(),
             client: self.client.clone(),
-            body_read: self.body_read,
+            body_read_ms: self.body_read_ms,
             clients: self.clients.clone(),
         }
     }
@@ -421,10 +421,10 @@ impl<H: Handler> Serve<H> {
             let guard = serve.watchdog.request();
             let client = serve.client.clone();
             let clients = serve.clients.clone();
-            let body_read = serve.body_read;
+            let body_read_ms = serve.body_read_ms;
             async move {
                 let addr = client.addr();
-                let req = req.map(|b| ClientBody::hyper(b, body_read));
+                let req = req.map(|b| ClientBody::hyper(b, body_read_ms));
                 let handling = std::pin::pin!(handler.handle(req, client));
                 let answered = caught::catching(handling).await;
                 let resp = caught::answer(answered, addr, &clients);

@@ -99,11 +99,11 @@ pub enum ClientBodyError {
 }
 
 impl ClientBody {
-    /// hyper's body, allowing `idle` of silence between two reads.
-    pub fn hyper(body: Incoming, idle: std::time::Duration) -> ClientBody {
+    /// hyper's body, allowing `idle_ms` milliseconds of silence between two reads.
+    pub fn hyper(body: Incoming, idle_ms: u32) -> ClientBody {
         ClientBody::Hyper(Box::new(HyperBody {
             body,
-            clock: BodyTimeout::new(idle),
+            clock: BodyTimeout::millis(idle_ms),
             deadline: None,
         }))
     }

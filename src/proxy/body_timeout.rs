@@ -28,14 +28,8 @@ pub struct BodyTimeout {
 }
 
 impl BodyTimeout {
-    /// A clock allowing `idle` of silence between two reads (to the millisecond; config
-    /// durations are at most a day).
-    pub fn new(idle: Duration) -> BodyTimeout {
-        BodyTimeout::millis(millis(idle))
-    }
-
-    /// A clock allowing `idle_ms` milliseconds of silence (see [`millis`]): for a body made on
-    /// every request, whose caller converted its timeout once.
+    /// A clock allowing `idle_ms` milliseconds of silence between two reads (see [`millis`]):
+    /// a body is made on every request, so its caller converts its timeout once.
     #[inline]
     pub fn millis(idle_ms: u32) -> BodyTimeout {
         BodyTimeout {
@@ -109,7 +103,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn silence_runs_out_only_while_waiting_and_restarts_with_each_read() {
-        let mut t = BodyTimeout::new(Duration::from_secs(1));
+        let mut t = BodyTimeout::millis(1000);
         assert!(!poll(&mut t, true));
         tokio::time::advance(Duration::from_millis(900)).await;
         assert!(!poll(&mut t, true));
@@ -124,7 +118,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn time_not_spent_waiting_never_counts() {
-        let mut t = BodyTimeout::new(Duration::from_secs(1));
+        let mut t = BodyTimeout::millis(1000);
         assert!(!poll(&mut t, false));
         // The reader did not ask for an hour (its consumer was slow): not the peer's silence.
         tokio::time::advance(Duration::from_secs(3600)).await;
@@ -135,7 +129,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_bounds_a_body_that_is_never_silent_for_long() {
-        let mut t = BodyTimeout::new(Duration::from_secs(1));
+        let mut t = BodyTimeout::millis(1000);
         let deadline = Some(Instant::now() + Duration::from_millis(2500));
         // A byte every 600 ms: never a second of silence, but the deadline comes.
         for _ in 0..4 {

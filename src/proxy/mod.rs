@@ -53,7 +53,7 @@ struct UpstreamHandle {
     retry: RetryPolicy,
     replay_limit: u64,
     preserve_host: bool,
-    /// `upgrades`, lowercase.
+    /// `upgrades` (compared without case).
     upgrades: Box<[Box<str>]>,
 }
 
@@ -157,11 +157,7 @@ impl Routes {
                     retry: RetryPolicy::new(&u.retry),
                     replay_limit: u.retry.replay_body_limit,
                     preserve_host: u.preserve_host,
-                    upgrades: u
-                        .upgrades
-                        .iter()
-                        .map(|p| p.to_ascii_lowercase().into_boxed_str())
-                        .collect(),
+                    upgrades: u.upgrades.iter().map(|p| p.as_str().into()).collect(),
                 })
             })
             .collect();
@@ -423,9 +419,7 @@ impl Proxy {
         resp.headers_mut().insert(access::REQUEST_ID, id);
         resp.map(|b| HoldBody::new(b, entry))
     }
-}
 
-impl Proxy {
     /// The answer to a request whose body failed through the client's doing; the connection
     /// closes after it, as what is left of the body cannot be told from a next request.
     fn client_fault(&self, fault: ClientFault, max_body: u64) -> Response<AnswerBody> {

@@ -25,7 +25,7 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(UPGRADE).cloned()
 }
 
-/// Whether every protocol an `Upgrade` header lists is in `allowed` (lowercase names; a
+/// Whether every protocol an `Upgrade` header lists is in `allowed` (in any case; a
 /// protocol's version, after `/`, does not count). Only `websocket` by default: another
 /// protocol's tunnel (`h2c`, say) would carry requests fulcrum never sees, past its limits and
 /// its log.
